@@ -1,0 +1,85 @@
+"""Configuration dataclasses and constants shared across CXR Lens.
+
+Literals that several modules need (class names per task, the model input spec,
+decoder limits) live here so that training, evaluation and the app agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: Class names per task, in the order of the model outputs. The binary task has a
+#: single logit whose sigmoid is P(PNEUMONIA).
+TASK_CLASSES: dict[str, tuple[str, ...]] = {
+    "binary": ("NORMAL", "PNEUMONIA"),
+    "multiclass": ("normal", "bacteria", "virus"),
+}
+
+#: Splits the Kaggle layout knows, in display order.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How an 8-bit grayscale image becomes a model input.
+
+    The same spec is stored in every registry card so that the app feeds a model
+    exactly what it was trained on.
+    """
+
+    size: int = 224
+    channels: int = 3
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    #: Fraction of the (square-resized) image kept by a centre crop; 1.0 keeps all.
+    crop_fraction: float = 1.0
+    #: Apply CLAHE (contrast-limited adaptive histogram equalisation) before resizing.
+    clahe: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> InputSpec:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        for key in ("mean", "std"):
+            if key in known:
+                known[key] = tuple(float(v) for v in known[key])
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Limits applied to every decoded upload or file."""
+
+    max_bytes: int = 64 * 1024 * 1024
+    #: Pixel-count ceiling (decompression-bomb guard).
+    max_pixels: int = 50_000_000
+    #: Smallest side a chest X-ray can usefully have.
+    min_side: int = 32
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation, applied to uint8 batches on the training device."""
+
+    rotate_deg: float = 7.0
+    shift: float = 0.06
+    zoom: float = 0.10
+    contrast: float = 0.15
+    brightness: float = 0.10
+    enabled: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Paths:
+    """Default locations, relative to the working directory unless overridden."""
+
+    registry_env: str = "CXR_REGISTRY"
+    registry_default: str = "registry"
+    demo_data_default: str = "registry/_demo_data"
+    extra: dict[str, str] = field(default_factory=dict)
