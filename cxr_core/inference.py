@@ -1,0 +1,102 @@
+"""Batch inference shared by evaluation, indexing and the app.
+
+Loads a classifier from its registry entry and turns prepared uint8 images into
+class probabilities and penultimate-layer embeddings, with optional test-time
+augmentation (mean of the probabilities over deterministic views).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import InputSpec
+from .preprocess import normalize, to_float, tta_views
+from .registry import Entry
+
+
+@dataclass
+class LoadedClassifier:
+    """A classifier ready for inference, with what its card says about its inputs."""
+
+    entry: Entry
+    model: torch.nn.Module
+    spec: InputSpec
+    task: str
+    classes: list[str]
+    threshold: float
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_classifier(entry: Entry, device: str = "cpu") -> LoadedClassifier:
+    """Build the card's architecture and load its safetensors weights (strict)."""
+    from .models import model_from_card
+
+    model = model_from_card(entry.card)
+    model.load_state_dict(entry.load_weights(), strict=True)
+    dev = pick_device(device)
+    model = model.to(dev).eval().to(memory_format=torch.channels_last)
+    spec = InputSpec.from_dict(entry.card["input"])
+    return LoadedClassifier(
+        entry=entry,
+        model=model,
+        spec=spec,
+        task=entry.card["task"],
+        classes=list(entry.card["classes"]),
+        threshold=float(entry.card.get("threshold", 0.5)),
+    )
+
+
+@torch.inference_mode()
+def infer(
+    model: torch.nn.Module,
+    images_u8: np.ndarray | torch.Tensor,
+    spec: InputSpec,
+    task: str,
+    *,
+    tta: int = 1,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    want_embeddings: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities (N, n_classes) and embeddings (N, D) for prepared uint8 images (N, S, S).
+
+    With ``tta > 1`` probabilities are averaged over views; the embedding is always
+    the plain view's, so the index and the map do not depend on the TTA setting.
+    """
+    from .models import logits_to_probs
+
+    dev = torch.device(device) if isinstance(device, str) else device
+    data = torch.as_tensor(images_u8)
+    n = data.shape[0]
+    probs_out, emb_out = [], []
+    for start in range(0, n, batch_size):
+        x01 = to_float(data[start : start + batch_size].to(dev, non_blocking=True))
+        views = tta_views(x01, tta)
+        acc = None
+        for vi, view in enumerate(views):
+            x = normalize(view, spec).contiguous(memory_format=torch.channels_last)
+            if vi == 0 and want_embeddings:
+                feats = model.forward_features(x)
+                e = model.forward_head(feats, pre_logits=True)
+                logits = model.forward_head(feats)
+                emb_out.append(e.float().cpu())
+            else:
+                logits = model(x)
+            p = logits_to_probs(logits.float(), task)
+            acc = p if acc is None else acc + p
+        probs_out.append((acc / len(views)).cpu())
+        if progress:
+            progress(min(start + batch_size, n), n)
+    probs = torch.cat(probs_out).numpy()
+    embs = torch.cat(emb_out).numpy() if want_embeddings else None
+    return probs, embs

@@ -1,0 +1,61 @@
+"""Cached loaders: heavy objects load once per process and reload when the registry changes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from cxr_core.predict import Predictor
+from cxr_core.registry import EntryStatus, list_entries, registry_root
+
+
+def registry_path() -> Path:
+    return registry_root().resolve()
+
+
+def registry_signature(root: Path | None = None) -> tuple:
+    """Cheap fingerprint of the registry (names, card and file mtimes/sizes): a change busts the caches."""
+    root = root or registry_path()
+    if not root.is_dir():
+        return ()
+    sig = []
+    for d in sorted(root.iterdir()):
+        if not d.is_dir() or d.name.startswith((".", "_")):
+            continue
+        for f in sorted(d.iterdir()):
+            if f.is_file() and not f.name.startswith("."):
+                st_ = f.stat()
+                sig.append((d.name, f.name, st_.st_size, st_.st_mtime_ns))
+    return tuple(sig)
+
+
+@st.cache_resource(show_spinner="Checking the registry…", max_entries=4)
+def _entries(root: str, signature: tuple) -> list[EntryStatus]:
+    return list_entries(root)
+
+
+def entries() -> list[EntryStatus]:
+    """Every registry entry with its status (hashes verified once per registry change)."""
+    root = registry_path()
+    return _entries(str(root), registry_signature(root))
+
+
+@st.cache_resource(show_spinner="Loading models…", max_entries=2)
+def _predictor(root: str, signature: tuple) -> Predictor:
+    return Predictor.from_registry(root, statuses=_entries(root, signature))
+
+
+def predictor() -> Predictor:
+    root = registry_path()
+    return _predictor(str(root), registry_signature(root))
+
+
+def is_synthetic(card: dict | None) -> bool:
+    ds = (card or {}).get("dataset", {})
+    return bool(ds.get("synthetic")) or str(ds.get("name", "")).startswith("synthetic")
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")

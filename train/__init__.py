@@ -1,0 +1,1 @@
+"""Command-line training, indexing and evaluation scripts (``python -m train.X``)."""

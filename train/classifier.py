@@ -1,0 +1,85 @@
+"""Train a classifier and write it to the registry.
+
+    python -m train.classifier --data ../shared/data/kermany-224 --task binary --out registry
+
+Selects the epoch on a patient-level validation split taken from train/, evaluates
+on the dataset's test split (plain and TTA) and prints the metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cxr_core.config import AugmentConfig
+from cxr_core.training import BALANCE_CHOICES, TrainConfig, train_classifier
+
+from ._cli import fmt_metrics, tqdm_progress
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    from cxr_core.models import ARCHITECTURES
+
+    d = TrainConfig(data="")
+    p = argparse.ArgumentParser(prog="python -m train.classifier", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="dataset root in the Kaggle chest-xray-pneumonia layout")
+    p.add_argument("--task", choices=["binary", "multiclass"], default=d.task)
+    p.add_argument("--out", default=None, help="registry root (default $CXR_REGISTRY or ./registry)")
+    p.add_argument("--arch", dest="architecture", choices=ARCHITECTURES, default=d.architecture)
+    p.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random initialisation")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--optimizer", choices=["adamw", "rmsprop"], default=d.optimizer)
+    p.add_argument("--schedule", choices=["cosine", "exponential", "none"], default=d.schedule)
+    p.add_argument("--gamma", type=float, default=d.gamma, help="per-epoch decay for --schedule exponential")
+    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    p.add_argument("--balance", choices=BALANCE_CHOICES, default=d.balance)
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--patience", type=int, default=d.patience, help="early stopping patience in epochs")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--tta", type=int, default=d.tta, help="test-time views reported beside plain results (1 = off)")
+    p.add_argument("--size", type=int, default=d.size)
+    p.add_argument("--clahe", action="store_true", help="CLAHE contrast equalisation in preprocessing")
+    p.add_argument("--crop-fraction", type=float, default=d.crop_fraction, help="centre crop kept (1.0 = whole image)")
+    p.add_argument("--no-augment", action="store_true")
+    a = AugmentConfig()
+    p.add_argument("--rotate", type=float, default=a.rotate_deg)
+    p.add_argument("--shift", type=float, default=a.shift)
+    p.add_argument("--zoom", type=float, default=a.zoom)
+    p.add_argument("--contrast", type=float, default=a.contrast)
+    p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--max-per-split", type=int, default=None, help="cap images per split (quick CPU runs)")
+    p.add_argument("--entry-id", default=None)
+    p.add_argument("--notes", default="")
+    ns = p.parse_args(argv)
+    aug = AugmentConfig(rotate_deg=ns.rotate, shift=ns.shift, zoom=ns.zoom, contrast=ns.contrast, enabled=not ns.no_augment)
+    kw = {k: v for k, v in vars(ns).items() if k in TrainConfig.__dataclass_fields__}
+    return TrainConfig(**kw, augment=aug)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    progress, close = tqdm_progress()
+    try:
+        entry = train_classifier(cfg, progress=progress)
+    except (ValueError, FileNotFoundError) as e:
+        close()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    close()
+    if entry is None:  # non-zero rank under torchrun
+        return 0
+    m = entry.card["metrics"]
+    print(f"\nregistered {entry.id} in {entry.path.parent}")
+    for key in m:
+        print(f"  {key:>22}: {fmt_metrics(m[key])}")
+    t = entry.card["training"]
+    print(f"  trained {t['epochs_run']} epochs (best {t['best_epoch']}) in {t['seconds_total']:.1f}s on {t['device']}, {t['images_per_second']:.1f} img/s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
