@@ -76,6 +76,8 @@ def infer(
     from .models import logits_to_probs
 
     dev = torch.device(device) if isinstance(device, str) else device
+    if isinstance(images_u8, np.ndarray) and not images_u8.flags.writeable:
+        images_u8 = images_u8.copy()  # torch refuses to wrap read-only memory (e.g. memory-mapped caches)
     data = torch.as_tensor(images_u8)
     n = data.shape[0]
     probs_out, emb_out = [], []
