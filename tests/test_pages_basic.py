@@ -1,0 +1,81 @@
+"""Page tests (AppTest): home page with empty and built registries, Predict with a real upload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import REPO
+
+TIMEOUT = 120
+
+
+def _texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [w.value for w in at.warning] + [e.value for e in at.error]
+    parts += [i.value for i in at.info] + [s.value for s in at.subheader] + [c.value for c in at.caption]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_home_with_empty_registry_offers_the_demo(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("CXR_REGISTRY", str(tmp_path / "empty"))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert "no usable classifier" in _texts(at)
+    assert any("Build the demo registry" in b.label for b in at.button)
+
+
+def test_home_lists_entries_and_broken_ones(tiny_registry: Path, tmp_path: Path, monkeypatch):
+    import shutil
+
+    reg = tmp_path / "reg"
+    shutil.copytree(tiny_registry, reg)
+    victim = sorted(p for p in reg.iterdir() if p.is_dir())[0]
+    (victim / "weights.safetensors").write_bytes(b"broken")
+    monkeypatch.setenv("CXR_REGISTRY", str(reg))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert f"Entry `{victim.name}` is broken" in _texts(at)
+    assert len(at.dataframe) == 1
+
+
+def _predict_page(registry: Path, monkeypatch) -> AppTest:
+    monkeypatch.setenv("CXR_REGISTRY", str(registry))
+    at = AppTest.from_file(str(REPO / "pages/1_Predict.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    return at
+
+
+def test_predict_page_with_a_real_cxr(tiny_registry: Path, cxr_mini: Path, monkeypatch):
+    at = _predict_page(tiny_registry, monkeypatch)
+    img = next((cxr_mini / "test" / "PNEUMONIA").glob("*.jpeg"))
+    at.file_uploader(key="upload").set_value((img.name, img.read_bytes(), "image/jpeg"))
+    at.run()
+    assert not at.exception, at.exception
+    labels = {m.label: m.value for m in at.metric}
+    assert labels, "no prediction shown"
+    assert all(v in ("NORMAL", "PNEUMONIA", "normal", "bacteria", "virus") for v in labels.values())
+    assert len(at.metric) == 2  # binary and 3-class
+    assert any("P(pneumonia)" in c.value for c in at.caption)
+
+
+def test_predict_page_rejects_garbage_and_keeps_working(tiny_registry: Path, synthetic_data: Path, monkeypatch):
+    at = _predict_page(tiny_registry, monkeypatch)
+    at.file_uploader(key="upload").set_value(("scan.png", b"this is not an image", "image/png"))
+    at.run()
+    assert not at.exception
+    assert "cannot be used" in _texts(at)
+    good = next((synthetic_data / "test" / "NORMAL").glob("*.png"))
+    at.file_uploader(key="upload").set_value((good.name, good.read_bytes(), "image/png"))
+    at.run()
+    assert not at.exception
+    assert len(at.metric) == 2
+
+
+@pytest.mark.parametrize("page", ["pages/1_Predict.py"])
+def test_pages_without_a_registry_say_so(page: str, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("CXR_REGISTRY", str(tmp_path / "none"))
+    at = AppTest.from_file(str(REPO / page), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert "No usable classifier" in _texts(at)
