@@ -9,28 +9,42 @@ write a registry entry whose card records every choice.
 Multi-GPU: under ``torchrun`` (``WORLD_SIZE`` > 1) each rank trains on its shard of
 every epoch's batches through DistributedDataParallel (NCCL on CUDA, gloo on CPU);
 rank 0 evaluates and writes the entry.
+
+CPU budget mode (``freeze_stages`` > 0): the leading backbone stages keep their
+pretrained weights and run once per image and view (``train_views`` augmented copies
+for training, the TTA views for validation and test); only the remaining stages and
+the head train, on those cached features. This is the transfer-learning recipe of
+Kermany et al. (frozen convolutional trunk) and makes a run fit a few CPU cores. The
+cache can be kept on disk (``feature_cache``) so that the binary and the 3-class run
+share it. The entry is a complete model either way.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .config import TASK_CLASSES, AugmentConfig, InputSpec
 from .data import Dataset, check_patient_leakage, load_images, read_dataset, with_validation_split
-from .metrics import roc_points, task_metrics, youden_threshold
-from .preprocess import augment, normalize, prepare, to_float
+from .metrics import binary_metrics, roc_points, task_metrics, youden_threshold
+from .preprocess import augment, normalize, prepare, to_float, tta_views
 
 BALANCE_CHOICES = ("none", "oversample", "undersample", "class-weights")
+OPTIMIZERS = ("adamw", "rmsprop")
+SCHEDULES = ("cosine", "exponential", "none")
 
 
 @dataclass
@@ -64,9 +78,42 @@ class TrainConfig:
     max_per_split: int | None = None  # cap images per split for quick CPU runs
     entry_id: str | None = None
     notes: str = ""
+    #: Leading backbone stages kept frozen (0 = fine-tune everything); see the module docstring.
+    freeze_stages: int = 0
+    #: Augmented views per training image cached when stages are frozen (view 0 is the plain image).
+    train_views: int = 2
+    #: Folder keeping frozen-stage features between runs (None = recompute).
+    feature_cache: str | None = None
+    #: torch CPU threads (None = torch's default, divided between ranks under torchrun on CPU).
+    threads: int | None = None
 
     def spec(self, mean: tuple[float, ...], std: tuple[float, ...]) -> InputSpec:
         return InputSpec(size=self.size, mean=mean, std=std, crop_fraction=self.crop_fraction, clahe=self.clahe)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for a combination that cannot run, before any work is done."""
+        from .preprocess import TTA_VIEWS
+
+        if self.task not in TASK_CLASSES:
+            raise ValueError(f"task must be one of {list(TASK_CLASSES)}")
+        if self.balance not in BALANCE_CHOICES:
+            raise ValueError(f"balance must be one of {BALANCE_CHOICES}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}")
+        if not 1 <= self.tta <= len(TTA_VIEWS):
+            raise ValueError(f"tta must be between 1 and {len(TTA_VIEWS)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch size must be at least 1")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError("label smoothing must be in [0, 1)")
+        if not 0.0 < self.crop_fraction <= 1.0:
+            raise ValueError("crop fraction must be in (0, 1]")
+        if self.freeze_stages < 0 or self.train_views < 1:
+            raise ValueError("freeze_stages must be >= 0 and train_views >= 1")
+        if self.freeze_stages and not self.pretrained:
+            raise ValueError("freezing stages of a randomly initialised network makes no sense: drop --freeze-stages")
 
 
 Progress = Callable[[str, int, int], None]
@@ -93,14 +140,42 @@ def epoch_indices(y: np.ndarray, balance: str, rng: np.random.Generator) -> np.n
         return rng.permutation(n)
     classes, counts = np.unique(y, return_counts=True)
     target = counts.max() if balance == "oversample" else counts.min()
-    parts = [rng.choice(np.flatnonzero(y == c), size=target, replace=balance == "oversample" and cnt < target) for c, cnt in zip(classes, counts, strict=True)]
+    parts = [
+        rng.choice(np.flatnonzero(y == c), size=target, replace=balance == "oversample" and cnt < target)
+        for c, cnt in zip(classes, counts, strict=True)
+    ]
     return rng.permutation(np.concatenate(parts))
+
+
+def shard_batches(idx: np.ndarray, batch_size: int, world: int, rank: int) -> list[np.ndarray]:
+    """This rank's part of every global batch of one epoch.
+
+    The epoch is padded (wrapping around, as DistributedSampler does) to a multiple of
+    ``world`` so that every rank gets the same number of non-empty batches: a rank
+    that skipped a step would leave the others waiting in the gradient all-reduce.
+    """
+    if world > 1 and len(idx) % world:
+        idx = np.concatenate([idx, idx[: world - len(idx) % world]])
+    step = batch_size * world
+    return [idx[b : b + step][rank::world] for b in range(0, len(idx), step)]
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> torch.Tensor:
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
     w = counts.sum() / (n_classes * np.maximum(counts, 1))
     return torch.tensor(w, dtype=torch.float32)
+
+
+def lr_factor(step: int, *, warmup: int, total: int, steps_per_epoch: int, schedule: str, gamma: float) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` (linear warm-up, then decay)."""
+    if step < warmup:
+        return (step + 1) / max(warmup, 1)
+    if schedule == "cosine":
+        t = (step - warmup) / max(total - warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    if schedule == "exponential":
+        return gamma ** ((step - warmup) / max(steps_per_epoch, 1))
+    return 1.0
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor, task: str, weights: torch.Tensor | None, smoothing: float) -> torch.Tensor:
@@ -118,19 +193,191 @@ def _selection_score(task: str, m: dict[str, Any]) -> float:
     return float(m["accuracy"])
 
 
+def report_metrics(
+    task: str, y: np.ndarray, probs: np.ndarray, classes: list[str] | tuple[str, ...], threshold: float = 0.5
+) -> dict[str, Any]:
+    """``task_metrics`` plus what a reader compares across tasks.
+
+    Binary: per-class accuracy (specificity for NORMAL, sensitivity for PNEUMONIA).
+    Multiclass: per-class sensitivity/specificity, their macro means, and the model read
+    as normal-vs-pneumonia (argmax ≠ normal), so a 3-class model's specificity is on the
+    same footing as the binary model's.
+    """
+    m = task_metrics(task, y, probs, classes, threshold)
+    if task == "binary":
+        m["per_class_accuracy"] = {classes[0]: m["specificity"], classes[1]: m["sensitivity"]}
+        return m
+    cm = np.asarray(m["confusion"], dtype=np.float64)
+    total = cm.sum()
+    sens, spec = {}, {}
+    for i, c in enumerate(classes):
+        tp, fn = cm[i, i], cm[i].sum() - cm[i, i]
+        fp = cm[:, i].sum() - tp
+        tn = total - tp - fn - fp
+        sens[c] = float(tp / (tp + fn)) if tp + fn else None
+        spec[c] = float(tn / (tn + fp)) if tn + fp else None
+    m["sensitivity_per_class"], m["specificity_per_class"] = sens, spec
+    m["specificity_macro"] = float(np.mean([v for v in spec.values() if v is not None])) if spec else None
+    y = np.asarray(y).astype(int)
+    pred_pneu = (np.asarray(probs).argmax(axis=1) > 0).astype(int)
+    as_bin = binary_metrics((y > 0).astype(int), np.asarray(probs)[:, 1:].sum(axis=1), 0.5)
+    # The 0.5 cut on P(bacteria)+P(virus) can disagree with argmax for 3 classes; use argmax.
+    tn = int(((y == 0) & (pred_pneu == 0)).sum())
+    fp = int(((y == 0) & (pred_pneu == 1)).sum())
+    fn = int(((y > 0) & (pred_pneu == 0)).sum())
+    tp = int(((y > 0) & (pred_pneu == 1)).sum())
+    as_bin.update(
+        threshold=None,
+        accuracy=(tp + tn) / max(len(y), 1),
+        sensitivity=tp / (tp + fn) if tp + fn else 0.0,
+        specificity=tn / (tn + fp) if tn + fp else 0.0,
+        precision=tp / (tp + fp) if tp + fp else 0.0,
+        f1=2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+        confusion=[[tn, fp], [fn, tp]],
+    )
+    m["as_binary"] = as_bin
+    return m
+
+
+# --- frozen trunk / trainable tail --------------------------------------------------------------
+
+
+class _Tail(nn.Module):
+    """The trainable end of a network: stages after the cut, the last conv, pooling, dropout, classifier.
+
+    It holds the model's own modules, so training it trains the model.
+    """
+
+    def __init__(self, stages: list[nn.Module], post: list[nn.Module], pool: nn.Module, drop: float, classifier: nn.Module):
+        super().__init__()
+        self.stages = nn.Sequential(*stages)
+        self.post = nn.Sequential(*post)
+        self.pool = pool
+        self.drop = drop
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.post(self.stages(x))).flatten(1)
+        if self.drop > 0:
+            x = F.dropout(x, p=self.drop, training=self.training)
+        return self.classifier(x)
+
+
+def _stages(model: nn.Module, architecture: str) -> tuple[list[nn.Module], list[nn.Module], list[nn.Module]]:
+    """(stem modules, stage modules, modules between the last stage and pooling)."""
+    if architecture.startswith("tf_efficientnet_lite"):
+        return [model.conv_stem, model.bn1], list(model.blocks), [model.conv_head, model.bn2]
+    if architecture.startswith("resnet"):
+        return [model.conv1, model.bn1, model.act1, model.maxpool], [model.layer1, model.layer2, model.layer3, model.layer4], []
+    if architecture == "small_cnn":
+        return [], list(model.features), []
+    raise ValueError(f"freezing stages is not implemented for {architecture}")
+
+
+def num_stages(model: nn.Module, architecture: str) -> int:
+    """How many stages ``freeze_stages`` can count for this network."""
+    return len(_stages(model, architecture)[1])
+
+
+def split_model(model: nn.Module, architecture: str, k: int) -> tuple[nn.Module, nn.Module]:
+    """(trunk, tail): the stem and the first ``k`` stages, and the rest up to the logits.
+
+    ``tail(trunk(x))`` equals ``model(x)``; both share the model's parameters.
+    """
+    stem, stages, post = _stages(model, architecture)
+    if not 0 < k <= len(stages):
+        raise ValueError(f"{architecture} has {len(stages)} stages; freeze_stages must be in 1..{len(stages)}")
+    trunk = nn.Sequential(*stem, *stages[:k])
+    drop = float(getattr(model, "drop_rate", 0.0))
+    tail = _Tail(stages[k:], post, model.global_pool, drop, model.get_classifier())
+    return trunk, tail
+
+
+def _batched(fn: Callable[[torch.Tensor], torch.Tensor], n: int, batch: int, progress: Callable[[int, int], None] | None) -> torch.Tensor:
+    out = []
+    for start in range(0, n, batch):
+        out.append(fn(torch.arange(start, min(start + batch, n))))
+        if progress:
+            progress(min(start + batch, n), n)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def trunk_features(
+    trunk: nn.Module,
+    cache_u8: torch.Tensor,
+    spec: InputSpec,
+    views: list[Callable[[torch.Tensor], torch.Tensor]],
+    *,
+    batch_size: int = 64,
+    dtype: torch.dtype = torch.float32,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Trunk outputs (N, V, C, H, W) of every image under each view function ([0,1] batch → [0,1] batch)."""
+    dev = cache_u8.device
+
+    def one(idx: torch.Tensor) -> torch.Tensor:
+        x01 = to_float(cache_u8[idx.to(dev)])
+        feats = [trunk(normalize(v(x01), spec).contiguous(memory_format=torch.channels_last)).to(dtype) for v in views]
+        return torch.stack(feats, dim=1)
+
+    return _batched(one, cache_u8.shape[0], batch_size, progress)
+
+
+def _feature_key(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _cached_features(cache_dir: str | None, key: str, compute: Callable[[], torch.Tensor], log: Callable[[str], None]) -> torch.Tensor:
+    """Load features stored under ``key`` or compute and store them (safetensors, atomic rename)."""
+    if cache_dir is None:
+        return compute()
+    from safetensors.torch import load_file, save_file
+
+    path = Path(cache_dir) / f"features-{key}.safetensors"
+    if path.is_file():
+        log(f"frozen-stage features from {path}")
+        return load_file(str(path))["features"]
+    feats = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file({"features": feats.contiguous()}, str(tmp))
+    os.replace(tmp, path)
+    return feats
+
+
+@torch.no_grad()
+def _tail_probs(tail: nn.Module, feats: torch.Tensor, task: str, n_views: int, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """Mean over the first ``n_views`` views of the tail's probabilities: what ``infer(tta=n)`` computes."""
+    from .models import logits_to_probs
+
+    tail.eval()
+    out = []
+    for start in range(0, feats.shape[0], batch_size):
+        fb = feats[start : start + batch_size, :n_views].to(device).float()
+        p = sum(logits_to_probs(tail(fb[:, v].contiguous(memory_format=torch.channels_last)), task) for v in range(n_views))
+        out.append((p / n_views).cpu())
+    return torch.cat(out).numpy()
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
 def train_classifier(cfg: TrainConfig, progress: Progress | None = None, log: Callable[[str], None] = print):
     """Train, evaluate and register a classifier. Returns the registry ``Entry`` (rank 0) or None."""
     from .inference import infer, pick_device
     from .models import create_model, num_outputs_for
     from .registry import write_entry
 
-    if cfg.task not in TASK_CLASSES:
-        raise ValueError(f"task must be one of {list(TASK_CLASSES)}")
-    if cfg.balance not in BALANCE_CHOICES:
-        raise ValueError(f"balance must be one of {BALANCE_CHOICES}")
+    cfg.validate()
     rank, world, local_rank = _dist()
     distributed = world > 1
     device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    elif distributed and device.type == "cpu":
+        # Ranks on one CPU would otherwise each start a thread per core and thrash.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     if distributed:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
@@ -168,55 +415,96 @@ def train_classifier(cfg: TrainConfig, progress: Progress | None = None, log: Ca
     t_decoded = time.perf_counter()
 
     model = model.to(device).to(memory_format=torch.channels_last)
-    train_model: torch.nn.Module = model
+    frozen = cfg.freeze_stages > 0
+    feats: dict[str, torch.Tensor] = {}
+    if frozen:
+        trunk, tail = split_model(model, cfg.architecture, cfg.freeze_stages)
+        for p in trunk.parameters():
+            p.requires_grad_(False)
+        trunk.eval()  # frozen BatchNorm statistics too: the trunk is exactly the pretrained one
+        bank_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+
+        def aug_view(x01: torch.Tensor) -> torch.Tensor:
+            return augment(x01, cfg.augment, bank_gen)
+
+        def identity(x01: torch.Tensor) -> torch.Tensor:
+            return x01
+
+        def tta_view(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
+            return lambda x01: tta_views(x01, i + 1)[i]
+
+        base_key = {
+            "arch": cfg.architecture, "source": info.pretrained_source, "spec": spec.to_dict(), "k": cfg.freeze_stages,
+            "fingerprint": dataset.fingerprint(), "torch": torch.__version__,
+        }
+        for s in caches:
+            if s == "train":
+                views = [identity] + [aug_view] * (cfg.train_views - 1)
+                key = {**base_key, "split": s, "views": cfg.train_views, "augment": cfg.augment.to_dict(), "seed": cfg.seed}
+                dtype = torch.float16  # the largest tensor of the run; half precision is plenty for a training input
+            else:
+                views = [tta_view(i) for i in range(cfg.tta)]
+                key = {**base_key, "split": s, "tta": cfg.tta}
+                dtype = torch.float32
+            key["paths"] = hashlib.sha256("\n".join(x.path for x in splits[s]).encode()).hexdigest()
+            bar = (lambda i, n, s=s: progress(f"frozen-stage features {s}", i, n)) if progress else None
+            feats[s] = _cached_features(
+                cfg.feature_cache if rank == 0 or not distributed else None, _feature_key(key),
+                lambda views=views, s=s, dtype=dtype, bar=bar: trunk_features(trunk, caches[s], spec, views, dtype=dtype, progress=bar),
+                log,
+            ).to(device)
+        trainable: nn.Module = tail
+    else:
+        trainable = model
+    t_features = time.perf_counter()
+
+    train_model: nn.Module = trainable
     if distributed:
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    params = [p for p in model.parameters() if p.requires_grad]
+        train_model = nn.parallel.DistributedDataParallel(trainable, device_ids=[device.index] if device.type == "cuda" else None)
+    params = [p for p in trainable.parameters() if p.requires_grad]
     if cfg.optimizer == "adamw":
         opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    elif cfg.optimizer == "rmsprop":
-        opt = torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay, alpha=0.9, momentum=0.9, eps=1e-3)
     else:
-        raise ValueError("optimizer must be adamw or rmsprop")
+        opt = torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay, alpha=0.9, momentum=0.9, eps=1e-3)
 
     y_train = targets["train"]
     rng = np.random.default_rng(cfg.seed)
-    steps_per_epoch = max(1, math.ceil(len(epoch_indices(y_train, cfg.balance, np.random.default_rng(0))) / (cfg.batch_size * world)))
+    steps_per_epoch = len(shard_batches(epoch_indices(y_train, cfg.balance, np.random.default_rng(0)), cfg.batch_size, world, rank))
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(warmup, 1)
-        if cfg.schedule == "cosine":
-            t = (step - warmup) / max(total_steps - warmup, 1)
-            return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-        if cfg.schedule == "exponential":
-            return cfg.gamma ** ((step - warmup) / steps_per_epoch)
-        return 1.0
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda step: lr_factor(step, warmup=warmup, total=total_steps, steps_per_epoch=steps_per_epoch, schedule=cfg.schedule, gamma=cfg.gamma),
+    )
     weights = class_weights(y_train, len(classes)).to(device) if cfg.balance == "class-weights" else None
     y_train_t = torch.from_numpy(y_train).to(device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed + rank)
     use_bf16 = device.type == "cuda"
 
+    def batch_input(idx: torch.Tensor) -> torch.Tensor:
+        if frozen:
+            view = torch.randint(0, feats["train"].shape[1], (len(idx),), device=device, generator=gen)
+            return feats["train"][idx, view].float().contiguous(memory_format=torch.channels_last)
+        x01 = augment(to_float(caches["train"][idx]), cfg.augment, gen)
+        return normalize(x01, spec).contiguous(memory_format=torch.channels_last)
+
+    def val_probs() -> np.ndarray:
+        if frozen:
+            return _tail_probs(trainable, feats["val"], cfg.task, 1, device)
+        return infer(model, caches["val"], spec, cfg.task, device=device, want_embeddings=False)[0]
+
     history: list[dict[str, Any]] = []
     best_score, best_state, best_epoch, stale = -math.inf, None, -1, 0
     images_seen, train_seconds = 0, 0.0
     for epoch in range(cfg.epochs):
-        train_model.train()
-        idx_all = epoch_indices(y_train, cfg.balance, rng)
+        trainable.train()
         # Every rank draws the same permutation (same rng) and takes its own stride.
-        n_batches = math.ceil(len(idx_all) / (cfg.batch_size * world))
+        batches = shard_batches(epoch_indices(y_train, cfg.balance, rng), cfg.batch_size, world, rank)
         t0 = time.perf_counter()
         loss_sum, loss_n = 0.0, 0
-        for b in range(n_batches):
-            chunk = idx_all[b * cfg.batch_size * world : (b + 1) * cfg.batch_size * world][rank::world]
-            if len(chunk) == 0:
-                continue
+        for b, chunk in enumerate(batches):
             idx = torch.from_numpy(chunk).to(device)
-            x = normalize(augment(to_float(caches["train"][idx]), cfg.augment, gen), spec).contiguous(memory_format=torch.channels_last)
+            x = batch_input(idx)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 logits = train_model(x)
             loss = _loss(logits, y_train_t[idx], cfg.task, weights, cfg.label_smoothing)
@@ -227,17 +515,19 @@ def train_classifier(cfg: TrainConfig, progress: Progress | None = None, log: Ca
             loss_sum += float(loss.detach()) * len(chunk)
             loss_n += len(chunk)
             if progress and rank == 0:
-                progress(f"epoch {epoch + 1}/{cfg.epochs}", b + 1, n_batches)
+                progress(f"epoch {epoch + 1}/{cfg.epochs}", b + 1, len(batches))
         if device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         train_seconds += dt
         images_seen += loss_n * world
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / max(loss_n, 1), "seconds": dt, "lr": sched.get_last_lr()[0]}
+        record: dict[str, Any] = {
+            "epoch": epoch + 1, "train_loss": loss_sum / max(loss_n, 1), "seconds": dt, "lr": sched.get_last_lr()[0],
+            "images": loss_n * world,
+        }
         if rank == 0:
-            model.eval()
-            probs, _ = infer(model, caches["val"], spec, cfg.task, device=device, want_embeddings=False)
-            vm = task_metrics(cfg.task, targets["val"], probs, classes)
+            trainable.eval()
+            vm = task_metrics(cfg.task, targets["val"], val_probs(), classes)
             score = _selection_score(cfg.task, vm)
             record.update({"val_accuracy": vm["accuracy"], "val_auroc": vm.get("auroc", vm.get("auroc_ovr")), "val_score": score})
             log(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}  val acc {vm['accuracy']:.4f}  val score {score:.4f}  ({dt:.1f}s)")
@@ -264,23 +554,32 @@ def train_classifier(cfg: TrainConfig, progress: Progress | None = None, log: Ca
     model.load_state_dict(best_state)
     model.eval()
 
+    def probs_for(s: str, tta: int) -> np.ndarray:
+        if frozen:
+            return _tail_probs(trainable, feats[s], cfg.task, tta, device)
+        return infer(model, caches[s], spec, cfg.task, device=device, tta=tta, want_embeddings=False)[0]
+
     metrics: dict[str, Any] = {}
     curves: dict[str, Any] = {}
-    val_probs, _ = infer(model, caches["val"], spec, cfg.task, device=device, want_embeddings=False)
     thresholds: dict[str, float] = {"default": 0.5}
+    tta_levels = sorted({1, cfg.tta})
+    all_probs = {(s, t): probs_for(s, t) for s in ("val", "test") if s in caches for t in tta_levels}
     if cfg.task == "binary":
-        thresholds["youden_val"] = youden_threshold(targets["val"], val_probs[:, 1])
-    for s in ("val", "test"):
-        if s not in caches:
-            continue
-        for tta in sorted({1, cfg.tta}):
-            probs, _ = infer(model, caches[s], spec, cfg.task, device=device, tta=tta, want_embeddings=False)
-            key = s if tta == 1 else f"{s}_tta{tta}"
-            metrics[key] = task_metrics(cfg.task, targets[s], probs, classes)
+        # The operating point is chosen on validation, separately for plain and TTA probabilities.
+        for t in tta_levels:
+            name = "youden_val" if t == 1 else f"youden_val_tta{t}"
+            thresholds[name] = youden_threshold(targets["val"], all_probs[("val", t)][:, 1])
+    for (s, t), probs in all_probs.items():
+        key = s if t == 1 else f"{s}_tta{t}"
+        metrics[key] = report_metrics(cfg.task, targets[s], probs, classes)
+        if cfg.task == "binary":
+            thr = thresholds["youden_val" if t == 1 else f"youden_val_tta{t}"]
+            metrics[key + "@youden_val"] = report_metrics(cfg.task, targets[s], probs, classes, thr)
+        if t == 1 and len(np.unique(targets[s])) > 1:
             if cfg.task == "binary":
-                metrics[key + "@youden_val"] = task_metrics(cfg.task, targets[s], probs, classes, thresholds["youden_val"])
-                if tta == 1:
-                    curves[s] = roc_points(targets[s], probs[:, 1])
+                curves[s] = roc_points(targets[s], probs[:, 1])
+            else:
+                curves[s] = {c: roc_points((targets[s] == i).astype(int), probs[:, i]) for i, c in enumerate(classes)}
     seconds = time.perf_counter() - t_start
 
     card: dict[str, Any] = {
@@ -307,10 +606,13 @@ def train_classifier(cfg: TrainConfig, progress: Progress | None = None, log: Ca
             "best_epoch": best_epoch,
             "seconds_total": seconds,
             "seconds_decode": t_decoded - t_start,
+            "seconds_features": t_features - t_decoded,
             "seconds_train": train_seconds,
             "images_per_second": images_seen / max(train_seconds, 1e-9),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
             "world_size": world,
+            "frozen_stages": cfg.freeze_stages,
+            "trainable_parameters": sum(p.numel() for p in params),
             "torch": torch.__version__,
             "history": history,
         },

@@ -17,7 +17,8 @@ from cxr_core.training import BALANCE_CHOICES, TrainConfig, train_classifier
 from ._cli import fmt_metrics, tqdm_progress
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m train.classifier`` (every TrainConfig field has a flag)."""
     from cxr_core.models import ARCHITECTURES
 
     d = TrainConfig(data="")
@@ -50,14 +51,35 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--shift", type=float, default=a.shift)
     p.add_argument("--zoom", type=float, default=a.zoom)
     p.add_argument("--contrast", type=float, default=a.contrast)
+    p.add_argument("--brightness", type=float, default=a.brightness)
+    p.add_argument("--freeze-stages", type=int, default=d.freeze_stages,
+                   help="keep the first N backbone stages at their pretrained weights and train the rest on "
+                        "cached features (CPU budget mode; 0 = fine-tune everything)")
+    p.add_argument("--train-views", type=int, default=d.train_views,
+                   help="augmented views per training image cached with --freeze-stages (view 0 is the plain image)")
+    p.add_argument("--feature-cache", default=None, help="folder keeping frozen-stage features between runs")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--max-per-split", type=int, default=None, help="cap images per split (quick CPU runs)")
     p.add_argument("--entry-id", default=None)
     p.add_argument("--notes", default="")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    p = build_parser()
     ns = p.parse_args(argv)
-    aug = AugmentConfig(rotate_deg=ns.rotate, shift=ns.shift, zoom=ns.zoom, contrast=ns.contrast, enabled=not ns.no_augment)
+    aug = AugmentConfig(
+        rotate_deg=ns.rotate, shift=ns.shift, zoom=ns.zoom, contrast=ns.contrast, brightness=ns.brightness,
+        enabled=not ns.no_augment,
+    )
     kw = {k: v for k, v in vars(ns).items() if k in TrainConfig.__dataclass_fields__}
-    return TrainConfig(**kw, augment=aug)
+    cfg = TrainConfig(**kw, augment=aug)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        p.error(str(e))
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     m = entry.card["metrics"]
     print(f"\nregistered {entry.id} in {entry.path.parent}")
     for key in m:
-        print(f"  {key:>22}: {fmt_metrics(m[key])}")
+        print(f"  {key:>26}: {fmt_metrics(m[key])}")
     t = entry.card["training"]
     print(f"  trained {t['epochs_run']} epochs (best {t['best_epoch']}) in {t['seconds_total']:.1f}s on {t['device']}, {t['images_per_second']:.1f} img/s")
     return 0

@@ -59,3 +59,20 @@ def is_synthetic(card: dict | None) -> bool:
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+# --- Models & data page (issue 3) ----------------------------------------------------------------
+
+
+@st.cache_data(show_spinner="Reading image sizes from the file headers…", max_entries=8)
+def _image_sizes(root: str, fingerprint: str | None) -> dict:
+    from cxr_core.datastats import image_sizes
+
+    s = image_sizes(root)
+    return {"split": s.split, "label": s.label, "subtype": s.subtype, "width": s.width, "height": s.height,
+            "unreadable": s.unreadable}
+
+
+def dataset_image_sizes(root: str, fingerprint: str | None = None) -> dict:
+    """Header-read image sizes of a dataset folder as arrays, cached per (folder, card fingerprint)."""
+    return _image_sizes(str(root), fingerprint)
