@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import re
+from typing import Any
+
 import streamlit as st
 
 from .loaders import entries, is_synthetic, registry_path
@@ -31,3 +35,41 @@ def require_classifier() -> bool:
     for s in broken:
         st.error(f"Entry `{s.id}` is broken: {s.reason}")
     return False
+
+
+# --- upload safety (issue 7) ---------------------------------------------------------------------
+
+_MARKDOWN_ACTIVE = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~$])")
+
+
+def clean_filename(name: str | None, limit: int = 80) -> str:
+    """An upload's name fit to show: control characters dropped, whitespace collapsed, length capped.
+
+    Browsers send whatever name the file had; a name is shown to the user, never used as a path.
+    """
+    text = "".join(ch if ch.isprintable() else " " for ch in str(name or ""))
+    text = " ".join(text.split()) or "upload"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def md_filename(name: str | None, limit: int = 80) -> str:
+    """:func:`clean_filename` with Markdown (and Streamlit's ``$`` LaTeX) escaped, for st.error / captions."""
+    return _MARKDOWN_ACTIVE.sub(r"\\\1", clean_filename(name, limit))
+
+
+def predict_section(module: str, decoded: Any, prediction: Any) -> None:
+    """Import ``pages.ui.<module>`` and call its ``render(decoded, prediction)``.
+
+    A section that fails (on import or while rendering) becomes one st.error; the rest of the
+    page keeps working. ``st.stop()`` / reruns are not exceptions and pass through.
+    """
+    try:
+        importlib.import_module(f"pages.ui.{module}").render(decoded, prediction)
+    except Exception as e:  # one broken section must not take the prediction or the other sections down
+        title = module.removeprefix("predict_").replace("_", " ")
+        detail = f"{type(e).__name__}: {e}"
+        st.error(
+            f"The **{title}** section could not be shown for this image ({detail[:300]}). "
+            "The prediction above is not affected.",
+            icon="⚠️",
+        )
