@@ -32,7 +32,7 @@ def test_predictor_on_a_synthetic_image(tiny_registry, synthetic_data):
     assert set(pred.tasks) == {"binary", "multiclass"}
     img = read_gray(next((synthetic_data / "test" / "PNEUMONIA").iterdir()))
     out = pred.predict(img)
-    for task, res in out.results.items():
+    for res in out.results.values():
         assert abs(sum(res.probs) - 1) < 1e-5
         assert res.label in res.classes
     assert out.embedding is not None and abs(np.linalg.norm(out.embedding) - 1) < 1e-5
