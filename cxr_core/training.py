@@ -417,6 +417,7 @@ def train_classifier(cfg: TrainConfig, progress: Progress | None = None, log: Ca
     model = model.to(device).to(memory_format=torch.channels_last)
     frozen = cfg.freeze_stages > 0
     feats: dict[str, torch.Tensor] = {}
+    from_cache: list[str] = []
     if frozen:
         trunk, tail = split_model(model, cfg.architecture, cfg.freeze_stages)
         for p in trunk.parameters():
@@ -448,11 +449,17 @@ def train_classifier(cfg: TrainConfig, progress: Progress | None = None, log: Ca
                 dtype = torch.float32
             key["paths"] = hashlib.sha256("\n".join(x.path for x in splits[s]).encode()).hexdigest()
             bar = (lambda i, n, s=s: progress(f"frozen-stage features {s}", i, n)) if progress else None
+            computed: list[bool] = []
+
+            def compute(views=views, s=s, dtype=dtype, bar=bar, computed=computed) -> torch.Tensor:
+                computed.append(True)
+                return trunk_features(trunk, caches[s], spec, views, dtype=dtype, progress=bar)
+
             feats[s] = _cached_features(
-                cfg.feature_cache if rank == 0 or not distributed else None, _feature_key(key),
-                lambda views=views, s=s, dtype=dtype, bar=bar: trunk_features(trunk, caches[s], spec, views, dtype=dtype, progress=bar),
-                log,
+                cfg.feature_cache if rank == 0 or not distributed else None, _feature_key(key), compute, log
             ).to(device)
+            if not computed:
+                from_cache.append(s)
         trainable: nn.Module = tail
     else:
         trainable = model
@@ -612,6 +619,7 @@ def train_classifier(cfg: TrainConfig, progress: Progress | None = None, log: Ca
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
             "world_size": world,
             "frozen_stages": cfg.freeze_stages,
+            "features_from_cache": from_cache,
             "trainable_parameters": sum(p.numel() for p in params),
             "torch": torch.__version__,
             "history": history,

@@ -27,6 +27,7 @@ def test_results_markdown_from_several_roots(tiny_registry, tmp_path, capsys):
         assert f"`{s.id}`" in text
     assert "python -m train.classifier --data" in text and "--size 96" in text
     assert "| plain @0.5 |" in text and "| TTA×2 @0.5 |" in text and "| plain @Youden(val) |" in text
+    assert "| plain (argmax) |" in text and "## Summary (test split)" in text
     assert "device **cpu" in text
     assert "wrote" in capsys.readouterr().out
 

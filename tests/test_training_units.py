@@ -210,8 +210,9 @@ def test_frozen_trunk_training_matches_the_saved_model(synthetic_data, tmp_path)
     assert not torch.equal(ref.blocks[6][0].conv_pw.weight, clf.model.blocks[6][0].conv_pw.weight)
     # a second task reuses the cached features
     logs: list[str] = []
-    train_classifier(TrainConfig(**{**cfg.__dict__, "task": "binary"}), log=logs.append)
+    second = train_classifier(TrainConfig(**{**cfg.__dict__, "task": "binary"}), log=logs.append)
     assert sum("frozen-stage features from" in s for s in logs) == 3
+    assert t["features_from_cache"] == [] and sorted(second.card["training"]["features_from_cache"]) == ["test", "train", "val"]
 
 
 def test_throughput_bench_runs_and_prints_the_device(capsys):

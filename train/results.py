@@ -84,12 +84,13 @@ def metric_rows(card: dict[str, Any], split: str = "test") -> list[tuple[str, di
     m = card.get("metrics", {})
     rows: list[tuple[str, dict[str, Any]]] = []
     tta = _tta_key(m, split)
-    for key, label in ((split, "plain @0.5"), (f"{split}@youden_val", "plain @Youden(val)")):
+    cut = "@0.5" if card.get("task") == "binary" else "(argmax)"
+    for key, label in ((split, f"plain {cut}"), (f"{split}@youden_val", "plain @Youden(val)")):
         if key in m:
             rows.append((label, m[key]))
     if tta:
         n = tta.split("_tta")[-1]
-        rows.append((f"TTA×{n} @0.5", m[tta]))
+        rows.append((f"TTA×{n} {cut}", m[tta]))
         if f"{tta}@youden_val" in m:
             rows.append((f"TTA×{n} @Youden(val)", m[f"{tta}@youden_val"]))
     for key in sorted(k for k in m if k.startswith(f"eval:{split}")):
@@ -152,7 +153,9 @@ def entry_section(root: Path, status: EntryStatus) -> list[str]:
         + ", ".join(f"{k} {v}" for k, v in used.items())
         + f"; validation: {ds.get('validation', {}).get('fraction')} of train patients (seed {ds.get('validation', {}).get('seed')}), by patient",
         f"- device **{t.get('device')}** · world size {t.get('world_size', 1)} · {t.get('seconds_total', 0):.0f} s total "
-        f"({t.get('seconds_decode', 0):.0f} s decode, {t.get('seconds_features', 0):.0f} s frozen-stage features, "
+        f"({t.get('seconds_decode', 0):.0f} s decode, {t.get('seconds_features', 0):.0f} s frozen-stage features"
+        + (" (read from the feature cache)" if t.get("features_from_cache") else "")
+        + ", "
         f"{t.get('seconds_train', 0):.0f} s training) · epochs run {t.get('epochs_run')} (selected: {t.get('best_epoch')} on validation) "
         f"· {t.get('images_per_second', 0):.1f} training images/s"
         + (" (trainable stages only, on cached frozen-stage features)" if t.get("frozen_stages") else ""),
@@ -172,6 +175,30 @@ def entry_section(root: Path, status: EntryStatus) -> list[str]:
     return lines
 
 
+def summary_table(roots: list[Path]) -> list[str]:
+    """One line per classifier entry: the figures a reader compares first."""
+    rows = []
+    for root in roots:
+        for s in list_entries(root):
+            if not (s.ok and s.card and s.card.get("kind") == "classifier"):
+                continue
+            c, t = s.card, s.card.get("training", {})
+            m = c.get("metrics", {})
+            plain, tta_key = m.get("test") or {}, _tta_key(m, "test")
+            tta = m.get(tta_key) or {} if tta_key else {}
+            auroc = "auroc" if c.get("task") == "binary" else "auroc_ovr"
+            rows.append((c.get("task", ""), c.get("created_at", ""), (
+                f"| `{s.id}`{' (synthetic)' if is_synthetic(c) else ''} | {c.get('task')} | {t.get('device')} | "
+                f"{t.get('seconds_total', 0):.0f} | {_pct(plain.get('accuracy'))} | {_pct(tta.get('accuracy'))} | "
+                f"{_num(plain.get(auroc))} | {_num(tta.get(auroc))} | {_pct(plain.get('specificity', (plain.get('as_binary') or {}).get('specificity')))} |"
+            )))
+    if not rows:
+        return []
+    head = ["| entry | task | device | seconds | accuracy | accuracy TTA | AUROC | AUROC TTA | specificity (normal) |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    return head + [r[2] for r in sorted(rows, key=lambda r: (r[0], r[1]))]
+
+
 def build_markdown(roots: list[Path]) -> str:
     out = [
         "# Results",
@@ -187,6 +214,9 @@ def build_markdown(roots: list[Path]) -> str:
         "specificity 90.1%, AUROC 0.968. Targets here: binary accuracy ≥ 93% and AUROC ≥ 0.97; 3-class accuracy ≥ 85%.",
         "",
     ]
+    summary = summary_table(roots)
+    if summary:
+        out += ["## Summary (test split)", "", *summary, ""]
     for root in roots:
         statuses = list_entries(root)
         classifiers = [s for s in statuses if s.ok and s.card and s.card.get("kind") == "classifier"]
