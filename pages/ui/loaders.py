@@ -76,3 +76,62 @@ def _image_sizes(root: str, fingerprint: str | None) -> dict:
 def dataset_image_sizes(root: str, fingerprint: str | None = None) -> dict:
     """Header-read image sizes of a dataset folder as arrays, cached per (folder, card fingerprint)."""
     return _image_sizes(str(root), fingerprint)
+
+
+# --- anomaly detectors and the OOD guard (issue 5) -------------------------------------------
+
+
+def anomaly_detector_entries() -> list:
+    """Usable healthy-only detector entries (autoencoder + feature detectors), newest first."""
+    from cxr_core.anomaly import anomaly_entries
+
+    return anomaly_entries(entries())
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _anomaly_scores(root: str, signature: tuple, entry_id: str) -> dict:
+    from cxr_core.anomaly import ThresholdTable
+    from cxr_core.registry import load_entry
+
+    entry = load_entry(root, entry_id)
+    data = entry.load_npz("scores.npz")
+    tables = {}
+    for split in sorted(set(data["splits"].tolist())):
+        m = data["splits"] == split
+        tables[split] = ThresholdTable(data["labels"][m], data["scores"][m])
+    return {"arrays": data, "tables": tables}
+
+
+def anomaly_scores(entry_id: str) -> dict:
+    """``{"arrays": scores.npz, "tables": {split: ThresholdTable}}`` for one detector entry."""
+    root = registry_path()
+    return _anomaly_scores(str(root), registry_signature(root), entry_id)
+
+
+@st.cache_resource(show_spinner="Loading the anomaly detector…", max_entries=8)
+def _anomaly_detector(root: str, signature: tuple, entry_id: str):
+    from cxr_core.anomaly import load_detector
+    from cxr_core.registry import load_entry
+
+    return load_detector(load_entry(root, entry_id))
+
+
+def anomaly_detector(entry_id: str):
+    """A ``LoadedDetector`` for one entry (weights loaded once per registry change)."""
+    root = registry_path()
+    return _anomaly_detector(str(root), registry_signature(root), entry_id)
+
+
+@st.cache_resource(show_spinner="Loading the chest X-ray guard…", max_entries=2)
+def _ood_guard(root: str, signature: tuple):
+    from cxr_core.ood import OODGuard
+    from cxr_core.registry import select
+
+    entry = select(_entries(root, signature), "detector", "ood")
+    return None if entry is None else OODGuard.from_entry(entry)
+
+
+def ood_guard():
+    """The registry's fitted ``OODGuard``, or None when none was trained."""
+    root = registry_path()
+    return _ood_guard(str(root), registry_signature(root))

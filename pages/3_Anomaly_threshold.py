@@ -1,0 +1,193 @@
+"""Anomaly threshold: choose a healthy-only detector's operating point on its score histograms."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from cxr_core.registry import RegistryError, update_card
+from pages.ui.anomaly_views import heatmap, histogram_figure, roc_figure
+from pages.ui.loaders import anomaly_detector, anomaly_detector_entries, anomaly_scores
+from pages.ui.widgets import demo_banner
+
+st.set_page_config(page_title="Anomaly threshold · CXR Lens", page_icon="🫁", layout="wide")
+st.title("Anomaly threshold")
+demo_banner()
+st.caption(
+    "Healthy-only detectors were fitted on NORMAL training images only; a higher score means less like "
+    "them. An image is flagged when its score is at or above the threshold. Pneumonia is what the "
+    "detector should flag; it never saw any."
+)
+
+detectors = anomaly_detector_entries()
+if not detectors:
+    st.warning(
+        "No anomaly detector in the registry. Train one with `python -m train.anomaly --data DIR` "
+        "or rebuild the demo registry from the home page."
+    )
+    st.stop()
+
+by_id = {e.id: e for e in detectors}
+c1, c2 = st.columns([3, 1])
+entry_id = c1.selectbox(
+    "Detector", list(by_id), format_func=lambda i: f"{by_id[i].card.get('name', i)} · {i}", key="anomaly_entry"
+)
+entry = by_id[entry_id]
+card = entry.card
+try:
+    scores = anomaly_scores(entry_id)
+except (RegistryError, OSError, KeyError, ValueError) as e:
+    st.error(f"The scores of `{entry_id}` cannot be read: {e}")
+    st.stop()
+splits = [s for s in ("val", "test") if s in scores["tables"]]
+split = c2.radio("Split", splits, horizontal=True, key="anomaly_split",
+                 format_func=lambda s: {"val": "validation", "test": "test"}[s])
+table = scores["tables"][split]
+metrics = card.get("metrics", {}).get(split, {})
+hist = card.get("histograms", {}).get(split)
+
+auroc, aupr = metrics.get("auroc"), metrics.get("aupr")
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("AUROC", "n/a" if auroc is None else f"{auroc:.3f}")
+m2.metric("AUPR", "n/a" if aupr is None else f"{aupr:.3f}",
+          None if metrics.get("aupr_chance") is None else f"chance {metrics['aupr_chance']:.3f}", delta_color="off")
+m3.metric("Images", f"{table.n_neg} normal · {table.n_pos} pneumonia")
+m4.metric("Saved threshold", f"{card.get('threshold', float('nan')):.4g}")
+if auroc is not None and auroc < 0.5:
+    st.error(f"On this split the detector is **worse than chance** (AUROC {auroc:.3f}): pneumonia scores *lower* "
+             "than healthy images. No threshold makes it useful; it is shown so that you can see why.")
+elif auroc is not None and auroc < 0.6:
+    st.warning(f"AUROC {auroc:.3f}: barely better than chance on this split.")
+thr_info = card.get("thresholds", {})
+if thr_info.get("fallback"):
+    st.info(f"Threshold fallback: {thr_info.get('note', '')}")
+st.caption(f"Score: {card.get('score', 'n/a')}. Suggestions are computed on the validation split, never on test.")
+
+all_scores = scores["arrays"]["scores"]
+suggestions = thr_info.get("suggestions", {})
+values = [float(all_scores.min()), float(all_scores.max())] + [float(v["value"]) for v in suggestions.values()]
+lo, hi = min(values), max(values)
+span = (hi - lo) or 1.0
+step = span / 1000
+decimals = max(0, min(8, 3 - math.floor(math.log10(span))))
+fmt = f"%.{decimals}f"
+key = f"anomaly_thr::{entry_id}"
+
+
+def _clamp(v: float) -> float:
+    return float(min(max(v, lo), hi))
+
+
+if key not in st.session_state:
+    st.session_state[key] = _clamp(float(card.get("threshold", lo)))
+
+
+def _set_threshold(value: float) -> None:
+    st.session_state[key] = _clamp(value)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _example(root: str, rel: str, entry_id: str, signature: tuple) -> dict:
+    """Input (and reconstruction / error map) of one stored-score image, read from the dataset."""
+    from cxr_core.data import safe_join
+    from cxr_core.imaging import read_gray
+
+    gray = read_gray(safe_join(root, rel))
+    if by_id[entry_id].kind != "autoencoder":  # only the input to show: no need to run the backbone
+        from cxr_core.config import InputSpec
+        from cxr_core.preprocess import prepare
+
+        return {"input": prepare(gray, InputSpec.from_dict(by_id[entry_id].card["input"])), "recon": None, "map": None}
+    out = anomaly_detector(entry_id).score(gray)
+    return {"input": out.input_u8, "recon": out.reconstruction, "map": out.error_map}
+
+
+def _examples(threshold: float) -> None:
+    arr = scores["arrays"]
+    mask = arr["splits"] == split
+    idx = np.flatnonzero(mask)
+    order = idx[np.argsort(arr["scores"][idx], kind="stable")]
+    pos = int(np.searchsorted(arr["scores"][order], threshold, side="left"))
+    below, above = order[max(pos - 3, 0) : pos], order[pos : pos + 3]
+    root = card.get("dataset", {}).get("root", "")
+    from pages.ui.loaders import registry_signature
+
+    sig = registry_signature()
+    for title, rows in (("Just below the threshold (pass)", below[::-1]), ("Just above the threshold (flagged)", above)):
+        st.markdown(f"**{title}**")
+        if len(rows) == 0:
+            st.caption("none")
+            continue
+        for i in rows:
+            label = "pneumonia" if arr["labels"][i] else "normal"
+            caption = f"{arr['paths'][i]} · {label} ({arr['subtypes'][i]}) · score {arr['scores'][i]:.4g}"
+            try:
+                ex = _example(root, str(arr["paths"][i]), entry_id, sig)
+            except Exception as e:  # a moved dataset must not break the page
+                st.caption(f"{caption} — image unavailable ({type(e).__name__}: {e})")
+                continue
+            cols = st.columns(3 if ex["map"] is not None else 1)
+            cols[0].image(ex["input"], caption=caption, width="stretch", clamp=True)
+            if ex["map"] is not None:
+                cols[1].image(np.clip(ex["recon"], 0, 1), caption="reconstruction", width="stretch", clamp=True)
+                cols[2].image(heatmap(ex["map"]), caption="error map", width="stretch")
+
+
+@st.fragment
+def operating_point() -> None:
+    if suggestions:
+        cols = st.columns(len(suggestions))
+        for col, (name, s) in zip(cols, suggestions.items(), strict=True):
+            col.button(f"{s['label']}: {s['value']:.4g}", key=f"sugg::{entry_id}::{name}", help=s.get("note"),
+                       on_click=_set_threshold, args=(float(s["value"]),), width="stretch")
+    threshold = st.slider("Threshold", min_value=lo, max_value=hi, step=step, format=fmt, key=key)
+    m = table.metrics(threshold)
+
+    left, right = st.columns([3, 2])
+    with left:
+        if hist is not None:
+            st.plotly_chart(histogram_figure(hist, threshold), width="stretch", key="anomaly_hist")
+    with right:
+        fpr, tpr = table.roc()
+        st.plotly_chart(roc_figure(fpr, tpr, (m["fpr"], m["sensitivity"]), auroc), width="stretch", key="anomaly_roc")
+
+    def pct(v: float) -> str:
+        return "n/a" if not np.isfinite(v) else f"{v:.1%}"
+
+    k1, k2, k3, k4, k5 = st.columns(5)
+    k1.metric("Sensitivity", pct(m["sensitivity"]))
+    k2.metric("Specificity", pct(m["specificity"]))
+    k3.metric("Precision", pct(m["precision"]))
+    k4.metric("F1", f"{m['f1']:.3f}")
+    k5.metric("Flagged", f"{m['flagged']} / {table.n_pos + table.n_neg}")
+    cm = pd.DataFrame(
+        [[m["tn"], m["fp"]], [m["fn"], m["tp"]]],
+        index=["actual normal", "actual pneumonia"],
+        columns=["passed (score < t)", "flagged (score ≥ t)"],
+    )
+    st.dataframe(cm, width="content")
+
+    saved = float(card.get("threshold", float("nan")))
+    s1, s2 = st.columns([1, 3])
+    if s1.button("Save threshold", type="primary", key=f"save::{entry_id}"):
+        try:
+            update_card(entry.path, lambda c: c.update(
+                threshold=float(threshold),
+                threshold_source={"name": "manual", "split": split, "set_on_page": True,
+                                  "at_threshold": {k: m[k] for k in ("sensitivity", "specificity", "precision", "f1")}},
+            ))
+            card["threshold"] = float(threshold)
+            s2.success(f"Saved threshold {threshold:.4g} to `{entry_id}`. The Predict page uses it from now on.")
+        except (RegistryError, OSError) as e:
+            s2.error(f"Could not save the threshold: {e}")
+    elif np.isfinite(saved) and not math.isclose(saved, threshold, rel_tol=1e-9, abs_tol=1e-12):
+        s2.caption(f"Not saved: the card's threshold is {saved:.4g}.")
+
+    with st.expander("Images just below and above the threshold", expanded=True):
+        _examples(threshold)
+
+
+operating_point()

@@ -1,0 +1,94 @@
+"""Predict page section: does the upload look like a chest X-ray, and how anomalous is it?"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from cxr_core.imaging import DecodedImage
+
+from .anomaly_views import heatmap, histogram_figure
+from .loaders import anomaly_detector, anomaly_detector_entries, ood_guard
+
+
+def _raw_upload() -> bytes | None:
+    up = st.session_state.get("upload")
+    try:
+        return up.getvalue() if up is not None else None
+    except Exception:  # the colour check is optional; a strange object just skips it
+        return None
+
+
+def render_ood(decoded: DecodedImage) -> None:
+    from cxr_core.ood import cheap_check
+
+    guard = ood_guard()
+    raw = _raw_upload()
+    try:
+        if guard is not None:
+            res = guard.check(decoded.array, original_shape=decoded.original_shape, raw=raw)
+        else:
+            res = cheap_check(decoded.array, original_shape=decoded.original_shape, raw=raw)
+    except Exception as e:  # the guard must never take the page down
+        st.error(f"The chest X-ray check could not run: {type(e).__name__}: {e}")
+        return
+    if not res.looks_like_cxr:
+        st.warning(
+            "**This image does not look like a pediatric chest X-ray**: " + "; ".join(res.reasons)
+            + ". The predictions above assume one and are not meaningful for it.",
+            icon="⚠️",
+        )
+        if guard is not None and guard.synthetic:
+            st.caption("This guard was fitted on the synthetic demo phantoms, so a real X-ray can look unlike them "
+                       "too. Fit it on real films with `python -m train.anomaly --detector ood`.")
+    elif guard is not None:
+        st.caption(f"Looks like a chest X-ray: feature distance {res.distance:.3g} "
+                   f"(the guard flags at {res.threshold:.3g}).")
+    else:
+        st.caption("Colour and shape look like a radiograph. No feature-based chest X-ray guard in the registry "
+                   "(`python -m train.anomaly --detector ood`).")
+
+
+def render_detector(entry: Any, decoded: DecodedImage) -> None:
+    det = anomaly_detector(entry.id)
+    out = det.score(decoded.array)
+    card = entry.card
+    threshold = float(card.get("threshold", out.threshold))
+    flagged = out.score >= threshold
+    auroc = card.get("metrics", {}).get("test", {}).get("auroc")
+    c1, c2 = st.columns([1, 2])
+    with c1:
+        st.metric(card.get("name", entry.id), f"{out.score:.4g}",
+                  f"{'above' if flagged else 'below'} threshold {threshold:.4g}",
+                  delta_color="inverse" if flagged else "normal")
+        st.caption(("**Flagged as unlike the healthy training images.** " if flagged else "Within the healthy range. ")
+                   + (f"Test AUROC of this detector: {auroc:.3f}." if auroc is not None else ""))
+    with c2:
+        hist = card.get("histograms", {}).get("val")
+        if hist is not None:
+            st.plotly_chart(histogram_figure(hist, threshold, marker=out.score, height=220), width="stretch",
+                            key=f"pred_anomaly_hist::{entry.id}")
+    if out.error_map is not None and out.reconstruction is not None:
+        a, b, c = st.columns(3)
+        a.image(out.input_u8, caption="autoencoder input", width="stretch", clamp=True)
+        b.image(np.clip(out.reconstruction, 0, 1), caption="reconstruction", width="stretch", clamp=True)
+        c.image(heatmap(out.error_map), caption="reconstruction error", width="stretch")
+
+
+def render(decoded: DecodedImage, prediction: Any) -> None:
+    """The anomaly score(s) of the upload against each saved threshold, and the OOD guard."""
+    st.subheader("Out of the ordinary?")
+    render_ood(decoded)
+    detectors = anomaly_detector_entries()
+    if not detectors:
+        st.caption("No healthy-only anomaly detector in the registry (`python -m train.anomaly`).")
+        return
+    st.caption("Healthy-only detectors: fitted on NORMAL training images only; the histogram shows validation "
+               "scores (blue normal, red pneumonia), the dashed line the saved threshold, the purple line this image.")
+    for entry in detectors:
+        try:
+            render_detector(entry, decoded)
+        except Exception as e:  # one broken detector must not hide the others
+            st.error(f"Detector `{entry.id}` could not score this image: {type(e).__name__}: {e}")

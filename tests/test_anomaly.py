@@ -1,0 +1,358 @@
+"""Healthy-only anomaly detection: threshold arithmetic, detectors, registry entries, pages, OOD guard."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import f1_score, roc_auc_score
+
+from cxr_core.anomaly import (
+    AEConfig,
+    ConvAutoencoder,
+    FeatureConfig,
+    FeatureDetector,
+    ThresholdTable,
+    gaussian_ssim_map,
+    load_detector,
+    score_metrics,
+    suggest_thresholds,
+)
+from cxr_core.registry import list_entries, verify_entry
+from tests.conftest import REPO
+
+TIMEOUT = 120
+
+
+# --------------------------------------------------------------------------- threshold arithmetic
+
+
+def _two_gaussians(n_neg: int = 300, n_pos: int = 200, shift: float = 1.5, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    s = np.concatenate([rng.normal(0, 1, n_neg), rng.normal(shift, 1, n_pos)])
+    y = np.concatenate([np.zeros(n_neg, int), np.ones(n_pos, int)])
+    return y, s
+
+
+def _brute(y, s, t):
+    pred = s >= t
+    return int(((~pred) & (y == 0)).sum()), int((pred & (y == 0)).sum()), int(((~pred) & (y == 1)).sum()), int((pred & (y == 1)).sum())
+
+
+def test_threshold_table_counts_match_brute_force_including_ties():
+    y, s = _two_gaussians()
+    s = np.round(s, 1)  # many ties
+    table = ThresholdTable(y, s)
+    for t in [-10, s.min(), 0.0, 0.3, 1.0, float(np.median(s)), s.max(), 10]:
+        assert table.counts(t) == _brute(y, s, t)
+    m = table.metrics(0.7)
+    tn, fp, fn, tp = _brute(y, s, 0.7)
+    assert m["sensitivity"] == tp / (tp + fn) and m["specificity"] == tn / (tn + fp)
+    assert m["f1"] == pytest.approx(f1_score(y, s >= 0.7))
+    fpr, tpr = table.roc()
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc_score(y, s), abs=1e-9)
+
+
+def test_suggestions_with_both_classes_meet_their_definitions():
+    y, s = _two_gaussians()
+    out = suggest_thresholds(y, s, target_sensitivity=0.95, normal_quantile=0.95)
+    sug = out["suggestions"]
+    assert set(sug) == {"youden", "best_f1", "sensitivity_95", "normal_q95"}
+    assert out["chosen"] == "youden" and not out["fallback"]
+    table = ThresholdTable(y, s)
+    # Youden: no candidate threshold has a higher sens + spec - 1.
+    j = lambda t: table.metrics(t)["sensitivity"] + table.metrics(t)["specificity"] - 1  # noqa: E731
+    assert j(sug["youden"]["value"]) >= max(j(t) for t in np.unique(s)) - 1e-12
+    # Best F1: equal to the brute-force optimum.
+    assert table.metrics(sug["best_f1"]["value"])["f1"] == pytest.approx(max(table.metrics(t)["f1"] for t in np.unique(s)))
+    # Target sensitivity: reached, and the next higher score would miss it.
+    t95 = sug["sensitivity_95"]["value"]
+    assert table.metrics(t95)["sensitivity"] >= 0.95
+    assert table.metrics(np.nextafter(t95, np.inf))["sensitivity"] < 0.95
+    # Normal quantile: about 5% of normals flagged.
+    assert table.metrics(sug["normal_q95"]["value"])["specificity"] == pytest.approx(0.95, abs=0.01)
+
+
+def test_validation_without_anomalies_falls_back_to_a_normal_quantile_not_flag_everything():
+    rng = np.random.default_rng(1)
+    s = rng.normal(size=200)
+    out = suggest_thresholds(np.zeros(200, int), s, normal_quantile=0.95)
+    assert out["fallback"] and out["chosen"] == "normal_q95"
+    assert "no anomalous" in out["note"]
+    assert out["threshold"] == pytest.approx(np.quantile(s, 0.95))
+    assert out["threshold"] > s.min()
+    assert (s >= out["threshold"]).mean() == pytest.approx(0.05, abs=0.01)
+    assert set(out["suggestions"]) == {"normal_q95"}
+
+
+def test_best_f1_that_flags_everything_is_said_and_not_chosen():
+    # Anomalies are the majority and score lower than normals: F1 is best when everything is flagged.
+    rng = np.random.default_rng(2)
+    y = np.r_[np.zeros(30, int), np.ones(90, int)]
+    s = np.r_[rng.normal(3, 0.1, 30), rng.normal(0, 0.1, 90)]
+    out = suggest_thresholds(y, s)
+    assert "every validation image is flagged" in out["suggestions"]["best_f1"]["note"]
+    assert out["chosen"] == "youden"
+
+
+def test_score_metrics_report_worse_than_chance_honestly():
+    y, s = _two_gaussians()
+    m = score_metrics(y, -s)
+    assert m["auroc"] < 0.5 and "worse than chance" in m["verdict"]
+    assert m["aupr_chance"] == pytest.approx(0.4)
+    assert score_metrics(np.zeros(5, int), np.arange(5.0))["auroc"] is None
+
+
+# --------------------------------------------------------------------------- detectors
+
+
+def test_ssim_and_autoencoder_shapes():
+    x = torch.rand(2, 1, 32, 32)
+    assert torch.allclose(gaussian_ssim_map(x, x), torch.ones_like(x), atol=1e-4)
+    assert gaussian_ssim_map(x, 1 - x).mean() < 0.5
+    ae = ConvAutoencoder((8, 8, 16, 16), latent=4)
+    assert ae(x).shape == x.shape
+
+
+def test_feature_detector_separates_a_shifted_distribution():
+    rng = np.random.default_rng(0)
+    train = {"a": rng.normal(size=(200, 20)), "b": rng.normal(size=(200, 8))}
+    test = {k: np.r_[rng.normal(size=(50, v.shape[1])), rng.normal(size=(50, v.shape[1])) + 1.0] for k, v in train.items()}
+    y = np.r_[np.zeros(50), np.ones(50)]
+    for method in ("mahalanobis", "knn"):
+        det = FeatureDetector.fit(FeatureConfig(layers=("a", "b"), method=method), train)
+        assert roc_auc_score(y, det.score(test)) > 0.9, method
+        assert all(t.dtype == torch.float32 for t in det.tensors.values())
+
+
+@pytest.fixture(scope="module")
+def anomaly_registry(synthetic_data, tmp_path_factory) -> Path:
+    """Every detector and the OOD guard fitted on the small synthetic set (seconds on CPU)."""
+    from train.anomaly import AnomalyConfig, run
+
+    root = tmp_path_factory.mktemp("anomaly_registry")
+    cfg = AnomalyConfig(
+        data=str(synthetic_data), out=str(root), detector="all", synthetic=True,
+        ae=AEConfig(size=32, epochs=2, batch_size=8, widths=(8, 8, 16, 16), latent=4),
+        features=FeatureConfig(size=64, layers=("2", "3")), ood_max_train=40,
+        ood_features=FeatureConfig(size=64, layers=("3", "6"), pooling="mean"),
+    )
+    made = run(cfg, log=lambda s: None)
+    assert len(made) == 4
+    return root
+
+
+def test_training_writes_valid_entries(anomaly_registry, synthetic_data):
+    statuses = list_entries(anomaly_registry)
+    assert all(s.ok for s in statuses), [s.reason for s in statuses]
+    kinds = sorted((s.card["kind"], s.card["task"], s.card.get("detector")) for s in statuses)
+    assert kinds == [
+        ("autoencoder", "anomaly", "autoencoder-mse"),
+        ("detector", "anomaly", "features-knn"),
+        ("detector", "anomaly", "features-mahalanobis"),
+        ("detector", "ood", "ood-features-mahalanobis"),
+    ]
+    for s in statuses:
+        card, entry = s.card, s.entry()
+        assert card["dataset"]["fingerprint"] and card["dataset"]["synthetic"]
+        assert card["input"]["size"] in (32, 64)
+        assert "weights.safetensors" in card["files"]
+        if card["task"] != "anomaly":
+            continue
+        assert card["dataset"]["train_labels"] == ["NORMAL"]
+        z = entry.load_npz("scores.npz")
+        assert set(z) == {"scores", "labels", "paths", "splits", "subtypes"}
+        n_val, n_test = card["dataset"]["used"]["val"], card["dataset"]["used"]["test"]
+        assert len(z["scores"]) == n_val + n_test and np.isfinite(z["scores"]).all()
+        for split in ("val", "test"):
+            m = card["metrics"][split]
+            assert 0.0 <= m["auroc"] <= 1.0 and 0.0 <= m["aupr"] <= 1.0
+            assert m["auroc"] == pytest.approx(roc_auc_score(z["labels"][z["splits"] == split], z["scores"][z["splits"] == split]))
+            h = card["histograms"][split]
+            assert sum(h["normal"]) + sum(h["anomalous"]) == m["n"]
+        assert card["threshold"] == card["thresholds"]["threshold"]
+        assert {"youden", "best_f1", "sensitivity_95", "normal_q95"} <= set(card["thresholds"]["suggestions"])
+        # The loaded detector reproduces the stored score of a test image (no train/serve skew).
+        from cxr_core.data import safe_join
+        from cxr_core.imaging import read_gray
+
+        det = load_detector(entry)
+        i = int(np.flatnonzero(z["splits"] == "test")[0])
+        out = det.score(read_gray(safe_join(synthetic_data, str(z["paths"][i]))))
+        assert out.score == pytest.approx(float(z["scores"][i]), rel=1e-4)
+        assert (out.error_map is not None) == (card["kind"] == "autoencoder")
+    ae = next(s for s in statuses if s.card["kind"] == "autoencoder")
+    assert len(ae.card["training"]["history"]) == 2
+
+
+def test_no_pickle_in_anomaly_files(anomaly_registry):
+    for s in list_entries(anomaly_registry):
+        for name in s.card["files"]:
+            if name.endswith(".npz"):
+                with np.load(s.path / name, allow_pickle=False) as z:
+                    for k in z.files:
+                        assert z[k].dtype.kind != "O"
+
+
+# --------------------------------------------------------------------------- pages
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _cm(at) -> list[list[int]]:
+    return at.dataframe[0].value.to_numpy().tolist()
+
+
+def test_threshold_page_slider_updates_counts_and_save_writes_card(anomaly_registry, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    reg = _copy(anomaly_registry, tmp_path / "reg")
+    monkeypatch.setenv("CXR_REGISTRY", str(reg))
+    at = AppTest.from_file(str(REPO / "pages/3_Anomaly_threshold.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    assert len(at.selectbox(key="anomaly_entry").options) == 3  # the OOD guard is not an anomaly detector
+    entry_id = at.selectbox(key="anomaly_entry").value
+    slider = at.slider(key=f"anomaly_thr::{entry_id}")
+    lo, hi = slider.min, slider.max
+    slider.set_value(lo).run()
+    assert not at.exception, at.exception
+    low = _cm(at)
+    assert low[0][0] == 0 and low[1][0] == 0  # everything flagged at the minimum
+    at.slider(key=f"anomaly_thr::{entry_id}").set_value(hi).run()
+    high = _cm(at)
+    assert high != low and high[0][1] + high[1][1] <= 1  # at most the maximum itself is flagged
+    mid = lo + (hi - lo) * 0.5
+    at.slider(key=f"anomaly_thr::{entry_id}").set_value(mid).run()
+    at.button(key=f"save::{entry_id}").click().run()
+    assert not at.exception, at.exception
+    card = json.loads((reg / entry_id / "card.json").read_text())
+    assert card["threshold"] == pytest.approx(mid)
+    assert card["threshold_source"]["name"] == "manual"
+    assert verify_entry(reg / entry_id).ok
+    # A suggestion button moves the slider to its value.
+    sug = next(iter(card["thresholds"]["suggestions"]))
+    at.button(key=f"sugg::{entry_id}::{sug}").click().run()
+    assert at.slider(key=f"anomaly_thr::{entry_id}").value == pytest.approx(
+        min(max(card["thresholds"]["suggestions"][sug]["value"], lo), hi))
+
+
+def test_threshold_page_without_detectors(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CXR_REGISTRY", str(tmp_path / "empty"))
+    at = AppTest.from_file(str(REPO / "pages/3_Anomaly_threshold.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert any("No anomaly detector" in w.value for w in at.warning)
+
+
+def _render_section(image_path: str) -> None:
+    from cxr_core.imaging import decode_image
+    from pages.ui.predict_anomaly import render
+
+    render(decode_image(image_path), None)
+
+
+def test_predict_section_scores_an_upload(anomaly_registry, synthetic_data, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CXR_REGISTRY", str(anomaly_registry))
+    img = next((synthetic_data / "test" / "PNEUMONIA").glob("*.png"))
+    at = AppTest.from_function(_render_section, args=(str(img),), default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    names = {m.label for m in at.metric}
+    assert len(names) == 3 and any("Autoencoder" in n for n in names)
+    assert all("threshold" in str(m.delta) for m in at.metric)
+
+
+# --------------------------------------------------------------------------- OOD guard
+
+
+def _skimage_images() -> dict[str, np.ndarray]:
+    from skimage import data
+
+    return {name: getattr(data, name)() for name in ("astronaut", "coffee", "chelsea", "camera", "moon", "text", "page", "brick")}
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    from skimage.color import rgb2gray
+
+    return (rgb2gray(img) * 255).round().astype(np.uint8) if img.ndim == 3 else img.astype(np.uint8)
+
+
+def _png(img: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_cheap_checks_flag_colour_photos_and_odd_shapes():
+    from cxr_core.ood import cheap_check
+
+    imgs = _skimage_images()
+    for name in ("astronaut", "coffee", "chelsea"):
+        res = cheap_check(_gray(imgs[name]), raw=_png(imgs[name]))
+        assert not res.looks_like_cxr and "colour" in res.reasons[0], name
+    assert cheap_check(np.zeros((100, 600), np.uint8)).looks_like_cxr is False
+    assert cheap_check(_gray(imgs["camera"]), raw=_png(imgs["camera"])).looks_like_cxr
+
+
+@pytest.fixture(scope="module")
+def real_guard(cxr_mini):
+    """A feature guard fitted on a subset of real cxr-mini training CXRs (normal and pneumonia)."""
+    from cxr_core.anomaly import shared_backbone
+    from cxr_core.data import load_images, read_dataset
+    from cxr_core.ood import OOD_FEATURES, fit_ood_guard
+    from cxr_core.preprocess import prepare
+
+    ds = read_dataset(cxr_mini)
+    bb = shared_backbone(OOD_FEATURES.architecture)
+    spec = bb.spec(OOD_FEATURES.size)
+    train, val = ds.split("train")[::10], ds.split("val")[::3]
+    feats = [bb.extract(load_images(ds, s, lambda g: prepare(g, spec)), OOD_FEATURES.layers, OOD_FEATURES.pooling)
+             for s in (train, val)]
+    return fit_ood_guard(feats[0], feats[1]), ds, spec
+
+
+def test_ood_guard_flags_non_cxr_images_and_accepts_real_cxrs(real_guard):
+    from cxr_core.data import load_images
+    from cxr_core.preprocess import prepare
+
+    guard, ds, spec = real_guard
+    imgs = _skimage_images()
+    for name in ("astronaut", "coffee", "chelsea"):
+        # Colour and features each flag them; the grey version must be caught by the features alone.
+        assert not guard.check(_gray(imgs[name]), raw=_png(imgs[name])).looks_like_cxr, name
+        res = guard.check(_gray(imgs[name]))
+        assert not res.looks_like_cxr and res.margin > 1, name
+    # Real CXRs the guard never saw, in one batch (check() is the same distance per image).
+    test = ds.split("test")[::9]
+    d = guard.distances(load_images(ds, test, lambda g: prepare(g, spec)))
+    accepted = d < guard.threshold
+    assert accepted.mean() >= 0.9, f"{(~accepted).sum()} of {len(test)} real CXRs flagged"
+
+
+def test_predict_page_shows_the_anomaly_section(tiny_registry, anomaly_registry, synthetic_data, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    reg = _copy(tiny_registry, tmp_path / "reg")
+    for d in anomaly_registry.iterdir():
+        if d.is_dir() and not d.name.startswith((".", "_")):
+            shutil.copytree(d, reg / d.name)
+    monkeypatch.setenv("CXR_REGISTRY", str(reg))
+    at = AppTest.from_file(str(REPO / "pages/1_Predict.py"), default_timeout=TIMEOUT).run()
+    img = next((synthetic_data / "test" / "NORMAL").glob("*.png"))
+    at.file_uploader(key="upload").set_value((img.name, img.read_bytes(), "image/png")).run()
+    assert not at.exception, at.exception
+    assert any(s.value == "Out of the ordinary?" for s in at.subheader)
+    assert sum("threshold" in str(m.delta) for m in at.metric) == 3

@@ -1,0 +1,426 @@
+"""Fit healthy-only anomaly detectors and the out-of-distribution guard into the registry.
+
+    python -m train.anomaly --data ../shared/data/kermany-224 --out registry-kermany
+    python -m train.anomaly --data DIR --detector autoencoder --ae-loss mse+ssim --ae-epochs 20
+
+Every detector sees NORMAL images of the training split only (the validation split
+is drawn from train/ by patient, as for the classifiers). Each writes one registry
+entry with per-image scores on val and test (``scores.npz``), AUROC/AUPR per split,
+score histograms and threshold suggestions chosen on validation. ``--detector ood``
+fits the guard that tells whether an upload looks like a chest X-ray at all (on
+every training CXR, normal and pneumonia).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cxr_core.anomaly import (
+    AE_LOSSES,
+    FEATURE_METHODS,
+    AEConfig,
+    FeatureConfig,
+    FeatureDetector,
+    ThresholdTable,
+    autoencoder_scores,
+    histogram_data,
+    score_metrics,
+    select_pooling,
+    shared_backbone,
+    suggest_thresholds,
+    train_autoencoder,
+)
+from cxr_core.config import InputSpec
+from cxr_core.data import Dataset, Sample, load_images, read_dataset, with_validation_split
+from cxr_core.preprocess import prepare
+from cxr_core.registry import Entry, registry_root, write_entry
+
+Progress = Callable[[str, int, int], None]
+DETECTORS = ("autoencoder", "features", "ood", "all")
+
+
+@dataclass
+class AnomalyConfig:
+    """One ``python -m train.anomaly`` run; stored in every card it writes."""
+
+    data: str
+    out: str | None = None
+    detector: str = "all"
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "cpu"
+    max_per_split: int | None = None
+    target_sensitivity: float = 0.95
+    normal_quantile: float = 0.95
+    ae: AEConfig = field(default_factory=AEConfig)
+    feature_methods: tuple[str, ...] = ("mahalanobis", "knn")
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    ood_quantile: float = 0.995
+    ood_margin: float = 1.5
+    ood_max_train: int = 1500
+    #: The guard's feature taps; None = ``cxr_core.ood.OOD_FEATURES`` (tests shrink the input size).
+    ood_features: FeatureConfig | None = None
+    synthetic: bool = False
+    notes: str = ""
+
+    def args(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("ae", "features", "ood_features")}
+        d["feature_methods"] = list(self.feature_methods)
+        return d
+
+
+def _cap(samples: list[Sample], cap: int | None, seed: int) -> list[Sample]:
+    if cap is None or len(samples) <= cap:
+        return samples
+    keep = np.sort(np.random.default_rng(seed).choice(len(samples), size=cap, replace=False))
+    return [samples[i] for i in keep]
+
+
+class _Images:
+    """Decode each split once per input spec (the one preprocessing path)."""
+
+    def __init__(self, dataset: Dataset, progress: Progress | None):
+        self.dataset, self.progress, self._cache = dataset, progress, {}
+
+    def get(self, name: str, samples: list[Sample], spec: InputSpec) -> np.ndarray:
+        key = (name, spec)
+        if key not in self._cache:
+            cb = (lambda i, n: self.progress(f"decode {name} @{spec.size}px", i, n)) if self.progress else None
+            self._cache[key] = load_images(self.dataset, samples, lambda g: prepare(g, spec), progress=cb)
+        return self._cache[key]
+
+
+class _Features:
+    """Backbone features of each split, extracted once (every tap, mean+std) and shared by all detectors."""
+
+    def __init__(self, images: _Images, taps: set[str], progress: Progress | None):
+        self.images, self.taps, self.progress, self._cache = images, taps, progress, {}
+
+    def get(self, name: str, samples: list[Sample], architecture: str, size: int) -> dict[str, np.ndarray]:
+        key = (name, architecture, size)
+        if key not in self._cache:
+            backbone = shared_backbone(architecture)
+            cb = (lambda i, n: self.progress(f"features {name} @{size}px", i, n)) if self.progress else None
+            imgs = self.images.get(name, samples, backbone.spec(size))
+            self._cache[key] = backbone.extract_all(imgs, sorted(self.taps), progress=cb)
+        return self._cache[key]
+
+
+def _dataset_card(cfg: AnomalyConfig, ds: Dataset, used: dict[str, int]) -> dict[str, Any]:
+    d = {
+        "name": ds.name,
+        "root": str(ds.root.resolve()),
+        "counts": ds.counts(),
+        "used": used,
+        "fingerprint": ds.fingerprint(),
+        "validation": {"fraction": cfg.val_fraction, "seed": cfg.seed, "by": "patient"},
+        "train_labels": ["NORMAL"],
+    }
+    if cfg.synthetic:
+        d.update({"synthetic": True, "name": "synthetic-demo"})
+    return d
+
+
+def _write(
+    cfg: AnomalyConfig,
+    card: dict[str, Any],
+    weights: dict[str, torch.Tensor],
+    splits: dict[str, list[Sample]],
+    scores: dict[str, np.ndarray],
+    log: Callable[[str], None],
+) -> Entry:
+    """Metrics, histograms, thresholds and scores.npz around a fitted detector's scores; write the entry."""
+    labels = {s: np.array([x.label == "PNEUMONIA" for x in splits[s]], dtype=np.int8) for s in scores}
+    th = suggest_thresholds(labels["val"], scores["val"], target_sensitivity=cfg.target_sensitivity,
+                            normal_quantile=cfg.normal_quantile)
+    metrics, at_thr, hists = {}, {}, {}
+    for s in scores:
+        metrics[s] = score_metrics(labels[s], scores[s])
+        at_thr[s] = ThresholdTable(labels[s], scores[s]).metrics(th["threshold"])
+        hists[s] = histogram_data(labels[s], scores[s])
+    order = [s for s in ("val", "test") if s in scores]
+    arrays = {
+        "scores": np.concatenate([scores[s] for s in order]).astype(np.float64),
+        "labels": np.concatenate([labels[s] for s in order]),
+        "paths": np.array([x.path for s in order for x in splits[s]]),
+        "splits": np.array([s for s in order for _ in splits[s]]),
+        "subtypes": np.array([x.subtype for s in order for x in splits[s]]),
+    }
+    card = {
+        **card,
+        "metrics": metrics,
+        "metrics_at_threshold": at_thr,
+        "histograms": hists,
+        "thresholds": th,
+        "threshold": th["threshold"],
+        "threshold_source": {"name": th["chosen"], "split": "val", "note": th["note"]},
+        "score_direction": "higher = less like the healthy training images; flagged when score >= threshold",
+    }
+    entry = write_entry(cfg.out, card, weights=weights, arrays={"scores.npz": arrays})
+    for s in order:
+        m = metrics[s]
+        auroc = "n/a" if m["auroc"] is None else f"{m['auroc']:.4f}"
+        aupr = "n/a" if m["aupr"] is None else f"{m['aupr']:.4f}"
+        log(f"  {card['name']:<34} {s:>4}: AUROC {auroc}  AUPR {aupr} (chance {m['aupr_chance']:.3f})  n={m['n']}")
+    if th["fallback"]:
+        log(f"  note: {th['note']}")
+    return entry
+
+
+def _base_card(cfg: AnomalyConfig, ds: Dataset, splits: dict[str, list[Sample]], kind: str, task: str) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "task": task,
+        "classes": ["NORMAL", "PNEUMONIA"],
+        "dataset": _dataset_card(cfg, ds, {k: len(v) for k, v in splits.items()}),
+        "notes": cfg.notes,
+    }
+
+
+def fit_autoencoder(cfg: AnomalyConfig, ds: Dataset, splits: dict[str, list[Sample]], images: _Images,
+                    progress: Progress | None, log: Callable[[str], None]) -> Entry:
+    ae = cfg.ae
+    spec = InputSpec(size=ae.size, channels=1, mean=(0.0,), std=(1.0,))
+    t0 = time.perf_counter()
+    train = images.get("train_normal", splits["train_normal"], spec)
+    val_normal = [i for i, s in enumerate(splits["val"]) if s.label == "NORMAL"]
+    val = images.get("val", splits["val"], spec)
+    model, history = train_autoencoder(train, ae, val_u8=val[val_normal], device=cfg.device, progress=progress, log=log)
+    model = model.cpu()
+    scores = {}
+    for s in ("val", "test"):
+        if splits[s]:
+            cb = (lambda i, n, s=s: progress(f"score {s}", i, n)) if progress else None
+            scores[s] = autoencoder_scores(model, images.get(s, splits[s], spec), ae.loss, ae.region, progress=cb)[0]
+    card = {
+        **_base_card(cfg, ds, splits, "autoencoder", "anomaly"),
+        "name": f"Autoencoder ({ae.loss}, {ae.size}px)",
+        "detector": f"autoencoder-{ae.loss}",
+        "architecture": "conv_autoencoder",
+        "pretrained": False,
+        "input": spec.to_dict(),
+        "autoencoder": ae.to_dict(),
+        "score": f"mean {ae.loss} reconstruction error over the central box {list(ae.region)} (top, bottom, left, right)",
+        "training": {
+            "args": cfg.args(),
+            "epochs_run": len(history),
+            "seconds_total": time.perf_counter() - t0,
+            "device": f"{cfg.device} ({torch.get_num_threads()} threads)" if cfg.device == "cpu" else cfg.device,
+            "n_train_normal": len(splits["train_normal"]),
+            "history": history,
+        },
+    }
+    return _write(cfg, card, model.state_dict(), splits, scores, log)
+
+
+def fit_feature_detectors(cfg: AnomalyConfig, ds: Dataset, splits: dict[str, list[Sample]], features: _Features,
+                          progress: Progress | None, log: Callable[[str], None]) -> list[Entry]:
+    fc = cfg.features
+    t0 = time.perf_counter()
+    backbone = shared_backbone(fc.architecture)
+    spec = backbone.spec(fc.size)
+    feats = {}
+    for s in ("train_normal", "val", "test"):
+        if splits[s]:
+            feats[s] = select_pooling(features.get(s, splits[s], fc.architecture, fc.size), fc.layers, fc.pooling)
+    t_feat = time.perf_counter() - t0
+    made = []
+    for method in cfg.feature_methods:
+        mcfg = FeatureConfig(**{**fc.to_dict(), "layers": fc.layers, "method": method})
+        t1 = time.perf_counter()
+        det = FeatureDetector.fit(mcfg, feats["train_normal"])
+        scores = {s: det.score(feats[s]) for s in ("val", "test") if s in feats}
+        label = "Mahalanobis" if method == "mahalanobis" else f"{mcfg.k}-NN distance"
+        card = {
+            **_base_card(cfg, ds, splits, "detector", "anomaly"),
+            "name": f"Pretrained features, {label}",
+            "detector": f"features-{method}",
+            "architecture": fc.architecture,
+            "pretrained": True,
+            "pretrained_source": backbone.source,
+            "input": spec.to_dict(),
+            "features": mcfg.to_dict(),
+            "score": (f"{label} of ImageNet {fc.architecture} features ({fc.pooling}-pooled blocks "
+                      f"{', '.join(fc.layers)}) to the healthy training images, averaged over blocks"),
+            "training": {
+                "args": cfg.args(),
+                "seconds_total": t_feat + time.perf_counter() - t1,
+                "seconds_features": t_feat,
+                "device": f"cpu ({torch.get_num_threads()} threads)",
+                "n_train_normal": len(splits["train_normal"]),
+            },
+        }
+        made.append(_write(cfg, card, det.tensors, splits, scores, log))
+    return made
+
+
+def fit_ood(cfg: AnomalyConfig, ds: Dataset, splits: dict[str, list[Sample]], features: _Features,
+            progress: Progress | None, log: Callable[[str], None]) -> Entry:
+    from cxr_core.ood import OOD_FEATURES, fit_ood_guard
+
+    oc = cfg.ood_features or OOD_FEATURES
+    t0 = time.perf_counter()
+    backbone = shared_backbone(oc.architecture)
+    spec = backbone.spec(oc.size)
+    feats = {}
+    for s in ("train_normal", "train_sick", "val", "test"):
+        if splits.get(s):
+            feats[s] = select_pooling(features.get(s, splits[s], oc.architecture, oc.size), oc.layers, oc.pooling)
+    feats["train_all"] = {k: np.concatenate([feats[s][k] for s in ("train_normal", "train_sick") if s in feats])
+                          for k in oc.layers}
+    guard = fit_ood_guard(feats["train_all"], feats["val"], quantile=cfg.ood_quantile, margin=cfg.ood_margin, cfg=oc)
+    scores = {s: guard.detector.score(feats[s]) for s in ("val", "test") if s in feats}
+    rates = {s: float((scores[s] >= guard.threshold).mean()) for s in scores}
+    card = {
+        "kind": "detector",
+        "task": "ood",
+        "name": "Chest X-ray look-alike guard",
+        "detector": "ood-features-mahalanobis",
+        "architecture": oc.architecture,
+        "pretrained": True,
+        "pretrained_source": backbone.source,
+        "input": spec.to_dict(),
+        "features": oc.to_dict(),
+        "threshold": guard.threshold,
+        "thresholds": {"quantile": cfg.ood_quantile, "margin": cfg.ood_margin, "split": "val", "note": guard.note},
+        "cheap_checks": guard.cheap_checks(),
+        "false_alarm_rate": rates,
+        "dataset": _dataset_card(cfg, ds, {k: len(v) for k, v in splits.items()}) | {"train_labels": ["NORMAL", "PNEUMONIA"]},
+        "training": {"args": cfg.args(), "seconds_total": time.perf_counter() - t0,
+                     "n_train": len(splits["train_normal"]) + len(splits.get("train_sick", []))},
+    }
+    entry = write_entry(cfg.out, card, weights=guard.detector.tensors)
+    log(f"  OOD guard: threshold {guard.threshold:.3f}; real CXRs flagged: "
+        + ", ".join(f"{s} {r:.1%}" for s, r in rates.items()))
+    return entry
+
+
+def run(cfg: AnomalyConfig, progress: Progress | None = None, log: Callable[[str], None] = print) -> list[Entry]:
+    """Fit the requested detectors; returns the entries written."""
+    if cfg.detector not in DETECTORS:
+        raise ValueError(f"detector must be one of {DETECTORS}")
+    bad = [m for m in cfg.feature_methods if m not in FEATURE_METHODS]
+    if bad:
+        raise ValueError(f"unknown feature method(s) {bad}; expected {FEATURE_METHODS}")
+    if cfg.ae.loss not in AE_LOSSES:
+        raise ValueError(f"--ae-loss must be one of {AE_LOSSES}")
+    ds = with_validation_split(read_dataset(cfg.data), cfg.val_fraction, cfg.seed)
+    train = ds.split("train")
+    splits = {
+        "train_normal": _cap([s for s in train if s.label == "NORMAL"], cfg.max_per_split, cfg.seed),
+        "val": _cap(ds.split("val"), cfg.max_per_split, cfg.seed),
+        "test": _cap(ds.split("test"), cfg.max_per_split, cfg.seed),
+    }
+    if not splits["train_normal"]:
+        raise ValueError(f"{cfg.data} has no NORMAL training images to fit a healthy-only detector on")
+    if not splits["val"]:
+        raise ValueError(f"{cfg.data} has no validation images to choose a threshold on")
+    images = _Images(ds, progress)
+    taps: set[str] = set()
+    if cfg.detector in ("features", "all"):
+        taps |= set(cfg.features.layers)
+    if cfg.detector in ("ood", "all"):
+        from cxr_core.ood import OOD_FEATURES
+
+        taps |= set((cfg.ood_features or OOD_FEATURES).layers)
+        # The guard asks "is this a CXR at all", so it learns from sick and healthy films alike.
+        sick = [s for s in train if s.label != "NORMAL"]
+        splits["train_sick"] = _cap(sick, max(cfg.ood_max_train - len(splits["train_normal"]), 0), cfg.seed)
+    features = _Features(images, taps, progress)
+    made: list[Entry] = []
+    if cfg.detector in ("features", "all"):
+        made += fit_feature_detectors(cfg, ds, splits, features, progress, log)
+    if cfg.detector in ("ood", "all"):
+        made.append(fit_ood(cfg, ds, splits, features, progress, log))
+    if cfg.detector in ("autoencoder", "all"):
+        made.append(fit_autoencoder(cfg, ds, splits, images, progress, log))
+    return made
+
+
+def demo_step(root: Path, data: Path, classifiers: list[Entry], progress: Progress | None, log: Callable[[str], None]) -> list[Entry]:
+    """Demo build: every detector on the synthetic set, small enough for well under a minute of CPU."""
+    cfg = AnomalyConfig(
+        data=str(data), out=str(root), detector="all", synthetic=True, notes="synthetic demo",
+        ae=AEConfig(size=64, epochs=8, batch_size=16), features=FeatureConfig(size=224), ood_max_train=400,
+    )
+    t0 = time.perf_counter()
+    made = run(cfg, progress, log)
+    log(f"anomaly detectors and OOD guard: {len(made)} entries in {time.perf_counter() - t0:.1f}s")
+    return made
+
+
+def parse_args(argv: list[str] | None = None) -> AnomalyConfig:
+    a, f = AEConfig(), FeatureConfig()
+    p = argparse.ArgumentParser(prog="python -m train.anomaly", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="dataset root in the Kaggle chest-xray-pneumonia layout")
+    p.add_argument("--out", default=None, help="registry root (default $CXR_REGISTRY or ./registry)")
+    p.add_argument("--detector", choices=DETECTORS, default="all")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (autoencoder training)")
+    p.add_argument("--max-per-split", type=int, default=None, help="cap images per split (quick runs)")
+    p.add_argument("--target-sensitivity", type=float, default=0.95)
+    p.add_argument("--normal-quantile", type=float, default=0.95, help="quantile of healthy val scores (fallback threshold)")
+    p.add_argument("--ae-size", type=int, default=a.size)
+    p.add_argument("--ae-epochs", type=int, default=a.epochs)
+    p.add_argument("--ae-batch-size", type=int, default=a.batch_size)
+    p.add_argument("--ae-lr", type=float, default=a.lr)
+    p.add_argument("--ae-latent", type=int, default=a.latent)
+    p.add_argument("--ae-loss", choices=AE_LOSSES, default=a.loss)
+    p.add_argument("--ae-region", default=",".join(str(v) for v in a.region),
+                   help="scored box top,bottom,left,right as fractions; 0,1,0,1 = whole image")
+    p.add_argument("--feature-methods", default="mahalanobis,knn")
+    p.add_argument("--feature-size", type=int, default=f.size)
+    p.add_argument("--layers", default=",".join(f.layers), help="EfficientNet-Lite blocks 0-6 and/or 'head'")
+    p.add_argument("--pooling", choices=["mean", "meanstd"], default=f.pooling)
+    p.add_argument("--k", type=int, default=f.k)
+    p.add_argument("--ood-quantile", type=float, default=0.995)
+    p.add_argument("--ood-margin", type=float, default=1.5, help="guard threshold = margin x the quantile")
+    p.add_argument("--ood-max-train", type=int, default=1500)
+    p.add_argument("--notes", default="")
+    ns = p.parse_args(argv)
+    region = tuple(float(v) for v in ns.ae_region.split(","))
+    if len(region) != 4:
+        p.error("--ae-region needs four numbers")
+    ae = AEConfig(size=ns.ae_size, epochs=ns.ae_epochs, batch_size=ns.ae_batch_size, lr=ns.ae_lr, latent=ns.ae_latent,
+                  loss=ns.ae_loss, region=region)  # type: ignore[arg-type]
+    fc = FeatureConfig(size=ns.feature_size, layers=tuple(x.strip() for x in ns.layers.split(",") if x.strip()),
+                       pooling=ns.pooling, k=ns.k)
+    return AnomalyConfig(
+        data=ns.data, out=ns.out, detector=ns.detector, val_fraction=ns.val_fraction, seed=ns.seed, device=ns.device,
+        max_per_split=ns.max_per_split, target_sensitivity=ns.target_sensitivity, normal_quantile=ns.normal_quantile,
+        ae=ae, features=fc, feature_methods=tuple(x.strip() for x in ns.feature_methods.split(",") if x.strip()),
+        ood_quantile=ns.ood_quantile, ood_margin=ns.ood_margin, ood_max_train=ns.ood_max_train, notes=ns.notes,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ._cli import tqdm_progress
+
+    cfg = parse_args(argv)
+    progress, close = tqdm_progress()
+    try:
+        made = run(cfg, progress, print)
+    except (ValueError, FileNotFoundError) as e:
+        close()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    close()
+    print(f"\nregistered {len(made)} entries in {registry_root(cfg.out)}:")
+    for e in made:
+        print(f"  {e.id}  ({e.card.get('name')})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
