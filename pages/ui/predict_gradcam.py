@@ -1,0 +1,95 @@
+"""Predict page section: Grad-CAM overlay beside the upload, with its controls and a PNG export."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Any
+
+import streamlit as st
+
+from cxr_core.explain import COLORMAPS, METHOD_LABELS, METHODS, Explanation, cam_png, overlay
+from cxr_core.imaging import DecodedImage
+
+from .loaders import explainer
+
+_TASK_TITLES = {"binary": "Normal vs pneumonia", "multiclass": "Normal / bacterial / viral"}
+_CACHE_KEY = "gradcam_cache"
+#: CAMs kept per session (uploads stay in this session's memory only, never in a shared cache).
+_CACHE_SIZE = 12
+
+
+def _cached_cam(key: tuple, compute: Any) -> Explanation:
+    cache: OrderedDict = st.session_state.setdefault(_CACHE_KEY, OrderedDict())
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    value = compute()
+    cache[key] = value
+    while len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+    return value
+
+
+def render(decoded: DecodedImage, prediction: Any) -> None:
+    """Grad-CAM for the prediction shown above: the predicted class by default, any class on request."""
+    st.subheader("Why: Grad-CAM")
+    tasks = [t for t in ("binary", "multiclass") if t in prediction.results]
+    if not tasks:
+        return
+    digest = hashlib.sha1(decoded.array.tobytes()).hexdigest() + f"-{decoded.array.shape}"
+    _section(decoded, prediction, tasks, digest)
+
+
+@st.fragment
+def _section(decoded: DecodedImage, prediction: Any, tasks: list[str], digest: str) -> None:
+    # A fragment: moving the slider or changing a select reruns this section, not the prediction.
+    c_model, c_target, c_method, c_cmap, c_alpha = st.columns([1.3, 1.2, 1, 1, 1.4])
+    task = c_model.selectbox(
+        "Model", tasks, format_func=lambda t: _TASK_TITLES.get(t, t), key="gradcam_task",
+        disabled=len(tasks) == 1,
+    )
+    res = prediction.results[task]
+    classes = list(res.classes)
+    target = c_target.selectbox(
+        "Explain class", classes, index=classes.index(res.label), key=f"gradcam_target_{task}",
+        help="The predicted class by default. The map shows where the evidence FOR this class lies.",
+    )
+    method = c_method.selectbox("Method", list(METHODS), format_func=METHOD_LABELS.get, key="gradcam_method")
+    cmap = c_cmap.selectbox("Colormap", COLORMAPS, key="gradcam_cmap")
+    alpha = c_alpha.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="gradcam_alpha")
+
+    try:
+        ex = explainer(res.entry_id)
+        exp = _cached_cam(
+            (digest, res.entry_id, method, target),
+            lambda: ex.explain(decoded.array, method=method, target=target),
+        )
+        shown = overlay(decoded.array, exp.cam, alpha, cmap)
+    except Exception as e:  # an explanation failure must not take the prediction down with it
+        st.error(f"Grad-CAM could not be computed: {type(e).__name__}: {e}")
+        return
+
+    col_img, col_cam = st.columns(2)
+    col_img.image(decoded.array, caption="Image", width="stretch")
+    col_cam.image(
+        shown, width="stretch",
+        caption=f"{METHOD_LABELS[method]} for {target} · layer `{exp.layer}` · {exp.seconds * 1000:.0f} ms",
+    )
+    if exp.empty:
+        st.info(
+            f"No region of this image raises the model's score for **{target}**: the map is empty. "
+            "The evidence points the other way; try the other class.",
+        )
+    title = (
+        f"Prediction: {res.label} ({res.confidence:.1%}) · {_TASK_TITLES.get(task, task)}\n"
+        f"{METHOD_LABELS[method]} for {target} · model {res.entry_id} · not for clinical use"
+    )
+    st.download_button(
+        "Download heatmap (PNG)",
+        data=lambda: cam_png(decoded.array, exp.cam, title, alpha=alpha, colormap=cmap),
+        file_name=f"gradcam_{task}_{target}_{method}.png".replace("+", "p"),
+        mime="image/png",
+        on_click="ignore",
+        key="gradcam_download",
+    )

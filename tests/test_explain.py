@@ -1,0 +1,458 @@
+"""Grad-CAM: valid maps for every architecture, correct binary targets, equivalence with the
+library's plain usage, the Adebayo et al. (2018) randomisation sanity check, the pointing game on
+synthetic phantoms with known lesions, overlays / PNG export, and the two pages."""
+
+from __future__ import annotations
+
+import copy
+import io
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cxr_core.config import TASK_CLASSES, InputSpec
+from cxr_core.explain import (
+    METHODS,
+    Explainer,
+    GalleryItem,
+    cam_png,
+    crop_box,
+    overlay,
+    pointing_game,
+    select_items,
+)
+from cxr_core.imaging import read_gray
+from cxr_core.inference import load_classifier
+from cxr_core.models import ARCHITECTURES, create_model, gradcam_target_layer, num_outputs_for
+from cxr_core.preprocess import image_to_input, prepare
+from cxr_core.registry import list_entries, select
+from cxr_core.synthetic import make_phantom
+from tests.conftest import REPO
+
+SHAPE = (300, 240)  # non-square on purpose: maps must come back at the original H x W
+
+
+@pytest.fixture(scope="module")
+def gray() -> np.ndarray:
+    img = make_phantom("bacteria", 3, 256).image
+    out = np.asarray(Image.fromarray(img).resize((SHAPE[1], SHAPE[0]), Image.Resampling.BILINEAR))
+    assert out.shape == SHAPE
+    return out
+
+
+def _valid(cam: np.ndarray, shape: tuple[int, int]) -> None:
+    assert cam.shape == shape and cam.dtype == np.float32
+    assert np.isfinite(cam).all()
+    assert cam.min() >= 0.0 and cam.max() <= 1.0
+
+
+def _non_constant(cam: np.ndarray, box: tuple[int, int, int, int]) -> None:
+    top, left, h, w = box
+    inner = cam[top : top + h, left : left + w]
+    assert inner.max() - inner.min() > 0.5 and inner.std() > 0.01
+
+
+def _hooks(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+# --- every architecture, random init ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_maps_valid_for_every_architecture(arch: str, gray: np.ndarray):
+    torch.manual_seed(0)
+    spec = InputSpec(size=64, crop_fraction=0.9)
+    box = crop_box(SHAPE, spec)
+    for task in ("binary", "multiclass"):
+        model, _ = create_model(arch, num_outputs_for(task))
+        model.eval()
+        ex = Explainer(model, arch, task, spec)
+        n_classes = len(TASK_CLASSES[task])
+        for method in METHODS:
+            # One batch: every class, then the predicted one (None).
+            exps = ex.explain_batch([gray] * (n_classes + 1), method, [*range(n_classes), None])
+            for e in exps:
+                _valid(e.cam, SHAPE)
+                # The model never saw the pixels outside the centre crop.
+                outside = np.ones(SHAPE, bool)
+                outside[box[0] : box[0] + box[2], box[1] : box[1] + box[3]] = False
+                assert not e.cam[outside].any()
+                if e.empty:
+                    assert not e.cam.any()
+                else:
+                    _non_constant(e.cam, box)
+            if method == "gradcam++":
+                # Non-negative weights on non-negative activations: never empty for these heads.
+                assert not any(e.empty for e in exps)
+            if task == "binary" and method == "gradcam":
+                # The signed maps of the two classes sum to logit - bias and -(logit - bias): one is positive.
+                assert not (exps[0].empty and exps[1].empty)
+        assert _hooks(model) == 0, "the caller's model must never be left with hooks"
+        assert all(p.requires_grad for p in model.parameters())
+
+
+# --- trained tiny models ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_registry: Path) -> dict[str, Explainer]:
+    statuses = list_entries(tiny_registry)
+    return {t: Explainer.from_entry(select(statuses, "classifier", t)) for t in ("binary", "multiclass")}
+
+
+@pytest.fixture(scope="module")
+def test_images(synthetic_data: Path) -> list[np.ndarray]:
+    paths = sorted((synthetic_data / "test" / "PNEUMONIA").glob("*.png"))[:2] + sorted(
+        (synthetic_data / "test" / "NORMAL").glob("*.png")
+    )[:1]
+    return [np.asarray(Image.fromarray(read_gray(p)).resize((SHAPE[1], SHAPE[0]))) for p in paths]
+
+
+def test_trained_maps_valid_for_every_class(tiny: dict[str, Explainer], test_images: list[np.ndarray]):
+    for task, ex in tiny.items():
+        box = crop_box(SHAPE, ex.spec)
+        for method in METHODS:
+            for k in range(len(ex.classes)):
+                for e in ex.explain_batch(test_images, method, [k] * len(test_images)):
+                    assert e.target == k and e.target_name == ex.classes[k] and e.method == method
+                    _valid(e.cam, SHAPE)
+                    if not e.empty:
+                        _non_constant(e.cam, box)
+                    assert abs(float(e.probs.sum()) - 1.0) < 1e-5
+            # The predicted-class maps are the ones the app shows first: they must say something.
+            for e in ex.explain_batch(test_images, method):
+                assert e.target == int(np.argmax(e.probs)) or task == "binary"
+                _valid(e.cam, SHAPE)
+
+
+def test_binary_target_is_the_signed_logit_and_the_library_default_is_not(tiny, tiny_registry, synthetic_data):
+    """PNEUMONIA explains +logit, NORMAL explains -logit; pytorch-grad-cam's argmax default always
+    explains output 0 (= +logit, PNEUMONIA), whatever the prediction."""
+    from pytorch_grad_cam import GradCAM
+
+    ex = tiny["binary"]
+    images = [np.array(read_gray(p)) for p in sorted((synthetic_data / "test").glob("*/*.png"))]
+    pneu = ex.explain_batch(images, "gradcam", ["PNEUMONIA"] * len(images))
+    norm = ex.explain_batch(images, "gradcam", ["NORMAL"] * len(images))
+    for p, n in zip(pneu, norm, strict=True):
+        np.testing.assert_allclose(n.signed, -p.signed, rtol=1e-5, atol=1e-6)
+        assert p.empty or n.empty or not np.allclose(p.cam, n.cam, atol=1e-3)
+        # ReLU(w) and ReLU(-w) at the layer's resolution: where one map has evidence, the other has none.
+        assert not ((p.signed > 0) & (n.signed > 0)).any()
+    assert any(not p.empty and not n.empty for p, n in zip(pneu, norm, strict=True))
+
+    # The library used the plain way (no target => argmax over the single output) on a fresh copy.
+    clf = load_classifier(select(list_entries(tiny_registry), "classifier", "binary"))
+    plain = copy.deepcopy(clf.model).float().eval()
+    with GradCAM(model=plain, target_layers=[gradcam_target_layer(plain, clf.entry.card["architecture"])]) as cam:
+        lib_default = cam(input_tensor=torch.cat([image_to_input(g, ex.spec) for g in images]), targets=None)
+    for i, (p, n) in enumerate(zip(pneu, norm, strict=True)):
+        np.testing.assert_allclose(lib_default[i], p.cam_input, atol=2e-4)  # always the PNEUMONIA map
+        if not n.empty and not p.empty:
+            assert not np.allclose(lib_default[i], n.cam_input, atol=1e-3)
+
+    # Our default follows the prediction: an image called NORMAL gets the NORMAL (-logit) map.
+    strict = Explainer(clf.model, clf.entry.card["architecture"], "binary", ex.spec, threshold=2.0)  # never PNEUMONIA
+    called_normal = strict.explain(images[0])
+    assert called_normal.target == 0 and called_normal.target_name == "NORMAL"
+    np.testing.assert_allclose(called_normal.cam_input, norm[0].cam_input, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_same_maps_as_the_library_used_plainly(tiny, tiny_registry, test_images, method: str):
+    """Frozen parameters + autograd restarted at the target layer give the library's own maps."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    ex = tiny["multiclass"]
+    clf = load_classifier(select(list_entries(tiny_registry), "classifier", "multiclass"))
+    plain = copy.deepcopy(clf.model).float().eval()
+    x = torch.cat([image_to_input(g, ex.spec) for g in test_images])
+    for k in range(3):
+        with METHODS[method](model=plain, target_layers=[gradcam_target_layer(plain, "tf_efficientnet_lite0")]) as cam:
+            ref = cam(input_tensor=x.clone(), targets=[ClassifierOutputTarget(k)] * len(test_images))
+        ours = ex.explain_batch(test_images, method, [k] * len(test_images))
+        for r, o in zip(ref, ours, strict=True):
+            np.testing.assert_allclose(o.cam_input, r, atol=2e-4)
+
+
+def test_explain_leaves_the_prediction_model_alone_and_works_under_inference_mode(tiny_registry, gray):
+    clf = load_classifier(select(list_entries(tiny_registry), "classifier", "binary"))
+    before = {k: v.clone() for k, v in clf.model.state_dict().items()}
+    x = image_to_input(gray, clf.spec)
+    with torch.inference_mode():
+        ref = clf.model(x)
+        ex = Explainer.from_loaded(clf)
+        e = ex.explain(gray)  # the app's predictor runs in inference mode; CAM needs grads anyway
+    assert not e.empty or e.target in (0, 1)
+    _valid(e.cam, SHAPE)
+    assert _hooks(clf.model) == 0
+    assert all(torch.equal(before[k], v) for k, v in clf.model.state_dict().items())
+    with torch.inference_mode():
+        assert torch.equal(clf.model(x), ref)
+    # In-place activations are what pytorch-grad-cam users trip on; the explainer's copy has none.
+    assert not any(getattr(m, "inplace", False) for m in ex.model.modules())
+    assert any(getattr(m, "inplace", False) for m in clf.model.modules())
+
+
+def test_target_layer_override_and_errors(tiny):
+    ex = tiny["binary"]
+    clf_like = ex.model
+    deeper = Explainer(clf_like, "tf_efficientnet_lite0", "binary", ex.spec, target_layer="blocks.4")  # stride 16
+    assert deeper.layer_name == "blocks.4"
+    assert _hooks(ex.model) == 0 and _hooks(deeper.model) == 0
+    e = deeper.explain(make_phantom("bacteria", 1, 200).image, "gradcam", "PNEUMONIA")
+    assert e.signed.shape[0] > ex.explain(make_phantom("bacteria", 1, 200).image).signed.shape[0]
+    with pytest.raises(ValueError, match="no module named"):
+        Explainer(clf_like, "tf_efficientnet_lite0", "binary", ex.spec, target_layer="blocks.99")
+    with pytest.raises(ValueError, match="unknown class"):
+        ex.explain(make_phantom("normal", 1, 64).image, "gradcam", "virus")
+    with pytest.raises(ValueError, match="unknown CAM method"):
+        ex.explain(make_phantom("normal", 1, 64).image, "scorecam")
+
+
+def test_crop_box_matches_prepare(gray):
+    spec = InputSpec(size=64, crop_fraction=0.8)
+    top, left, h, w = crop_box(gray.shape, spec)
+    np.testing.assert_array_equal(
+        prepare(gray, spec), prepare(np.ascontiguousarray(gray[top : top + h, left : left + w]), replace(spec, crop_fraction=1.0))
+    )
+
+
+class _BrightSpot(torch.nn.Module):
+    """A model whose evidence is known: the logit is the mean of ReLU(normalised brightness),
+    pooled to a coarse grid like a backbone's last stage, so the CAM must peak where the image is bright."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = torch.nn.AvgPool2d(8)
+        self.act = torch.nn.ReLU(inplace=True)
+        self.head = torch.nn.Linear(1, 1)
+        with torch.no_grad():
+            self.head.weight.fill_(1.0)
+            self.head.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(self.pool(x[:, :1])).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("crop", [1.0, 0.8])
+def test_cam_lands_on_the_evidence_in_original_coordinates(crop: float):
+    img = np.zeros(SHAPE, np.uint8)
+    rows, cols = slice(60, 140), slice(120, 200)  # inside the 0.8 crop box (rows 30-270, cols 24-216)
+    img[rows, cols] = 255
+    spec = InputSpec(size=64, crop_fraction=crop)
+    ex = Explainer(_BrightSpot(), "bright_spot", "binary", spec, target_layer="act")
+    pos, neg = ex.explain_batch([img, img], "gradcam", ["PNEUMONIA", "NORMAL"])
+    r, c = pos.peak
+    assert rows.start <= r < rows.stop and cols.start <= c < cols.stop, (r, c)
+    inside = np.zeros(SHAPE, bool)
+    inside[rows, cols] = True
+    assert pos.cam[inside].mean() > 5 * pos.cam[~inside].mean()
+    far = np.ones(SHAPE, bool)
+    far[rows.start - 40 : rows.stop + 40, cols.start - 40 : cols.stop + 40] = False
+    assert pos.cam[far].max() < 0.05
+    assert neg.empty and not neg.cam.any()  # no pixel argues for NORMAL in this model
+
+
+# --- a model trained on phantoms: sanity check and pointing game --------------------------------
+
+POINTING_TOLERANCE_PX = 8  # 5% of the 160-px phantom side; a quarter of a feature cell (stride 16 at 128 px)
+
+
+@pytest.fixture(scope="module")
+def phantom_model(tmp_path_factory) -> tuple:
+    """A small CNN trained on synthetic phantoms (60 per subtype) with the training module.
+
+    small_cnn, not EfficientNet-Lite0: its last stage has stride 16 and a receptive field of
+    about a quarter of the image, so a lesion can only raise the score through the cells that
+    see it. Lite0 at 128 px has a 4x4 last stage whose every cell sees the whole image; its
+    maps peak at the centre whatever the lesion (measured: see ``python -m train.pointing_game``).
+    About 1-2 min on one busy CPU core.
+    """
+    from cxr_core.synthetic import SyntheticSpec, write_dataset
+    from cxr_core.training import TrainConfig, train_classifier
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a two-core machine shared with other test processes
+    root = tmp_path_factory.mktemp("phantoms")
+    data = write_dataset(
+        root / "data", SyntheticSpec(n_per_class={"train": 60, "val": 12, "test": 20}, size=160, seed=3)
+    )
+    entry = train_classifier(
+        TrainConfig(
+            data=str(data), task="binary", out=str(root / "registry"), architecture="small_cnn",
+            pretrained=False, size=128, epochs=30, batch_size=16, lr=2e-3, tta=1, device="cpu", patience=30,
+        ),
+        log=lambda s: None,
+    )
+    torch.set_num_threads(threads)
+    assert entry.card["metrics"]["test"]["auroc"] > 0.9, entry.card["metrics"]["test"]
+    return entry, data
+
+
+def test_sanity_check_cascading_randomisation(phantom_model):
+    """Adebayo et al. (2018): maps of a randomised model must not look like the trained model's."""
+    from cxr_core.explain import cascading_randomisation
+
+    entry, data = phantom_model
+    clf = load_classifier(entry)
+    images = [np.array(read_gray(p)) for p in sorted((data / "test" / "PNEUMONIA").glob("*.png"))[:12]]
+    for method in METHODS:
+        repeat, stages = cascading_randomisation(
+            clf.model, "small_cnn", "binary", clf.spec, images, method=method, target="PNEUMONIA"
+        )
+        print(f"\n{method}: trained vs trained rho {repeat.mean():.3f}; "
+              + "; ".join(f"+{s.randomised[-1]} {s.mean:.3f}" for s in stages))
+        assert repeat.min() > 0.999
+        assert len(stages) == 4
+        head, *deeper = stages
+        # Grad-CAM++ keeps only positive gradients, so a re-drawn single-logit head still selects
+        # channels with a similar spatial layout (measured ~0.76 here); Grad-CAM's map flips.
+        assert head.mean < repeat.mean() - (0.4 if method == "gradcam" else 0.15), head.mean
+        for s in deeper:
+            assert s.mean < repeat.mean() - 0.4, (s.randomised, s.mean)
+
+
+def test_pointing_game_on_phantoms(phantom_model):
+    entry, data = phantom_model
+    ex = Explainer.from_entry(entry)
+    strict = pointing_game(ex, str(data), "test", method="gradcam")
+    r = pointing_game(ex, str(data), "test", method="gradcam", tolerance_px=POINTING_TOLERANCE_PX)
+    print(f"\npointing game (Grad-CAM, correctly classified pneumonia phantoms): "
+          f"strict {strict.rate:.3f} (chance {strict.chance:.3f}, centre {strict.center_rate:.3f}); "
+          f"{POINTING_TOLERANCE_PX}-px tolerance {r.rate:.3f} (chance {r.chance:.3f}, centre {r.center_rate:.3f}) "
+          f"n={r.n}; by subtype {r.by_subtype}")
+    assert r.n >= 20 and r.n_empty == 0
+    # Clearly better than a random point and than always pointing at the centre.
+    assert r.rate >= max(2.5 * r.chance, r.center_rate + 0.2)
+    assert strict.rate >= 2 * strict.chance
+    # Focal (lobar) consolidation: the peak lands on it for most phantoms.
+    assert r.by_subtype["bacteria"]["rate"] > 0.5
+
+
+# --- overlay and PNG -------------------------------------------------------------------------
+
+
+def test_overlay_blends_and_validates(gray):
+    cam = np.linspace(0, 1, gray.size, dtype=np.float32).reshape(gray.shape)
+    out = overlay(gray, cam, 0.4, "jet")
+    assert out.shape == (*SHAPE, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(overlay(gray, cam, 0.0), np.repeat(gray[..., None], 3, axis=2))
+    pure = overlay(gray, cam, 1.0, "viridis")
+    assert not np.array_equal(pure[0, 0], pure[-1, -1])  # low and high ends differ in colour
+    with pytest.raises(ValueError, match="colormap"):
+        overlay(gray, cam, 0.5, "no-such-map")
+    with pytest.raises(ValueError, match="does not match"):
+        overlay(gray, cam[:-1], 0.5)
+
+
+def test_cam_png_prints_the_prediction(gray):
+    cam = np.zeros(gray.shape, np.float32)
+    cam[100:150, 80:120] = 1.0
+
+    def banner(title: str) -> np.ndarray:
+        im = Image.open(io.BytesIO(cam_png(gray, cam, title)))
+        assert im.format == "PNG" and im.mode == "RGB" and im.width == SHAPE[1] and im.height > SHAPE[0]
+        rgb = np.asarray(im)
+        # The overlay sits below the banner, pixel for pixel.
+        top = next(y for y in range(im.height) if np.array_equal(rgb[y : y + SHAPE[0]], overlay(gray, cam, 0.4)))
+        return rgb[:top]
+
+    text = banner("Prediction: PNEUMONIA (91.0%)\nGrad-CAM for PNEUMONIA")
+    assert (text > 200).any(), "no text drawn in the banner"
+    assert banner("").max() <= 20, "an empty title must leave the banner blank"
+
+
+def test_select_items_filters_and_sorts():
+    items = [
+        GalleryItem("a.png", 0, 0, 0.9, (0.9, 0.1)),
+        GalleryItem("b.png", 1, 0, 0.6, (0.6, 0.4)),
+        GalleryItem("c.png", 1, 1, 0.7, (0.3, 0.7)),
+        GalleryItem("d.png", 0, 1, 0.55, (0.45, 0.55)),
+    ]
+    assert [i.path for i in select_items(items)] == ["a.png", "c.png", "b.png", "d.png"]
+    assert [i.path for i in select_items(items, order="confidence_asc")] == ["d.png", "b.png", "c.png", "a.png"]
+    assert [i.path for i in select_items(items, correctness="incorrect", order="path")] == ["b.png", "d.png"]
+    assert [i.path for i in select_items(items, correctness="correct", true_class=1)] == ["c.png"]
+    assert [i.path for i in select_items(items, pred_class=0, order="path")] == ["a.png", "b.png"]
+    with pytest.raises(ValueError):
+        select_items(items, correctness="maybe")
+
+
+# --- pages -----------------------------------------------------------------------------------
+
+PAGE_TIMEOUT = 300
+
+
+def _captions(at) -> list[str]:
+    return [c for im in at.image for c in im.captions]
+
+
+def test_predict_page_shows_the_gradcam_overlay(tiny_registry: Path, synthetic_data: Path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CXR_REGISTRY", str(tiny_registry))
+    at = AppTest.from_file(str(REPO / "pages/1_Predict.py"), default_timeout=PAGE_TIMEOUT).run()
+    img = sorted((synthetic_data / "test" / "PNEUMONIA").glob("*.png"))[0]
+    at.file_uploader(key="upload").set_value((img.name, img.read_bytes(), "image/png"))
+    at.run()
+    assert not at.exception, at.exception
+    binary_label = next(m.value for m in at.metric)
+    assert any(c.startswith(f"Grad-CAM for {binary_label}") for c in _captions(at)), _captions(at)
+    assert [b.label for b in at.get("download_button")] == ["Download heatmap (PNG)"]
+
+    at.selectbox(key="gradcam_method").set_value("gradcam++")
+    at.slider(key="gradcam_alpha").set_value(0.8)
+    at.run()
+    assert not at.exception, at.exception
+    assert any(c.startswith("Grad-CAM++ for") for c in _captions(at))
+
+    at.selectbox(key="gradcam_task").set_value("multiclass").run()
+    at.selectbox(key="gradcam_target_multiclass").set_value("virus").run()
+    assert not at.exception, at.exception
+    assert any(c.startswith("Grad-CAM++ for virus") for c in _captions(at))
+
+
+def test_explain_page_renders_a_gallery(tiny_registry: Path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CXR_REGISTRY", str(tiny_registry))
+    at = AppTest.from_file(str(REPO / "pages/4_Explain.py"), default_timeout=PAGE_TIMEOUT).run()
+    assert not at.exception, at.exception
+    caps = _captions(at)
+    assert 1 <= len(caps) <= 12 and all(" · pred " in c for c in caps), caps
+    n_correct = sum(c.startswith("✅") for c in caps)
+    at.radio(key="explain_correct").set_value("incorrect").run()
+    assert not at.exception, at.exception
+    assert all(c.startswith("❌") for c in _captions(at))
+    at.radio(key="explain_correct").set_value("correct").run()
+    assert all(c.startswith("✅") for c in _captions(at)) and len(_captions(at)) >= min(n_correct, 12)
+    at.radio(key="explain_split").set_value("val")
+    target = at.selectbox(key="explain_target")
+    assert target.options == ["predicted", "NORMAL", "PNEUMONIA"]  # the binary model is the default, as on Predict
+    target.set_value("NORMAL")
+    at.run()
+    assert not at.exception, at.exception
+
+
+def test_explain_page_says_when_the_dataset_is_missing(tiny_registry: Path, tmp_path: Path, monkeypatch):
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from cxr_core.registry import update_card
+
+    reg = tmp_path / "reg"
+    shutil.copytree(tiny_registry, reg)
+    for s in list_entries(reg):
+        update_card(s.entry(), lambda c: c["dataset"].update(root=str(tmp_path / "moved-away")))
+    monkeypatch.setenv("CXR_REGISTRY", str(reg))
+    at = AppTest.from_file(str(REPO / "pages/4_Explain.py"), default_timeout=PAGE_TIMEOUT).run()
+    assert not at.exception, at.exception
+    assert any("not available here" in w.value and "moved-away" in w.value for w in at.warning)
+    assert not at.image
