@@ -61,23 +61,6 @@ def env_flag(name: str) -> bool:
     return os.environ.get(name, "").lower() in ("1", "true", "yes")
 
 
-# --- Models & data page (issue 3) ----------------------------------------------------------------
-
-
-@st.cache_data(show_spinner="Reading image sizes from the file headers…", max_entries=8)
-def _image_sizes(root: str, fingerprint: str | None) -> dict:
-    from cxr_core.datastats import image_sizes
-
-    s = image_sizes(root)
-    return {"split": s.split, "label": s.label, "subtype": s.subtype, "width": s.width, "height": s.height,
-            "unreadable": s.unreadable}
-
-
-def dataset_image_sizes(root: str, fingerprint: str | None = None) -> dict:
-    """Header-read image sizes of a dataset folder as arrays, cached per (folder, card fingerprint)."""
-    return _image_sizes(str(root), fingerprint)
-
-
 # --- anomaly detectors and the OOD guard (issue 5) -------------------------------------------
 
 
@@ -135,3 +118,117 @@ def ood_guard():
     """The registry's fitted ``OODGuard``, or None when none was trained."""
     root = registry_path()
     return _ood_guard(str(root), registry_signature(root))
+
+
+# --- Grad-CAM (Predict page section and the Explain page) ------------------------------------
+
+
+@st.cache_resource(show_spinner="Preparing Grad-CAM…", max_entries=4)
+def _explainer(root: str, signature: tuple, entry_id: str):
+    from cxr_core.explain import Explainer
+    from cxr_core.registry import load_entry
+
+    return Explainer.from_entry(load_entry(root, entry_id))
+
+
+def explainer(entry_id: str):
+    """A Grad-CAM ``Explainer`` with its own copy of a classifier: the predictor's model never gets hooks."""
+    root = registry_path()
+    return _explainer(str(root), registry_signature(root), entry_id)
+
+
+@st.cache_resource(show_spinner="Loading the classifier…", max_entries=4)
+def _classifier(root: str, signature: tuple, entry_id: str):
+    from cxr_core.inference import load_classifier
+    from cxr_core.registry import load_entry
+
+    return load_classifier(load_entry(root, entry_id))
+
+
+def classifier(entry_id: str):
+    """A ``LoadedClassifier`` for any classifier entry (not only the one the predictor selected)."""
+    root = registry_path()
+    return _classifier(str(root), registry_signature(root), entry_id)
+
+
+@st.cache_resource(show_spinner="Classifying every image of the split (once per model)…", max_entries=8)
+def _split_predictions(root: str, signature: tuple, entry_id: str, split: str):
+    from cxr_core.explain import card_dataset, predict_split
+
+    clf = _classifier(root, signature, entry_id)
+    return predict_split(clf, card_dataset(clf.entry.card), split)
+
+
+def split_predictions(entry_id: str, split: str):
+    """``GalleryItem`` per image of a split of the classifier's own dataset; raises ``DatasetError`` if it is gone."""
+    root = registry_path()
+    return _split_predictions(str(root), registry_signature(root), entry_id, split)
+
+
+@st.cache_resource(show_spinner=False, max_entries=256)
+def _gallery_cam(root: str, signature: tuple, entry_id: str, path: str, method: str, target: str | None, side: int):
+    from cxr_core.data import safe_join
+    from cxr_core.explain import downscale
+    from cxr_core.imaging import read_gray
+
+    ex = _explainer(root, signature, entry_id)
+    gray = read_gray(safe_join(_dataset_root(root, signature, entry_id), path))
+    exp = ex.explain(gray, method=method, target=target)
+    small_gray, small_cam = downscale(gray, exp.cam, side)
+    return small_gray, small_cam, exp.target_name, exp.empty
+
+
+def _dataset_root(root: str, signature: tuple, entry_id: str) -> str:
+    return str(_classifier(root, signature, entry_id).entry.card["dataset"]["root"])
+
+
+def gallery_cam(entry_id: str, path: str, method: str, target: str | None, side: int = 320):
+    """(gray, cam, target name, empty) of one dataset image, shrunk to ``side`` px, cached per process."""
+    root = registry_path()
+    return _gallery_cam(str(root), registry_signature(root), entry_id, path, method, target, side)
+
+
+# --- Models & data page (issue 3) ----------------------------------------------------------------
+
+
+@st.cache_data(show_spinner="Reading image sizes from the file headers…", max_entries=8)
+def _image_sizes(root: str, fingerprint: str | None) -> dict:
+    from cxr_core.datastats import image_sizes
+
+    s = image_sizes(root)
+    return {"split": s.split, "label": s.label, "subtype": s.subtype, "width": s.width, "height": s.height,
+            "unreadable": s.unreadable}
+
+
+def dataset_image_sizes(root: str, fingerprint: str | None = None) -> dict:
+    """Header-read image sizes of a dataset folder as arrays, cached per (folder, card fingerprint)."""
+    return _image_sizes(str(root), fingerprint)
+
+
+# --- Embedding index (issue 4) -------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner="Loading the embedding index…", max_entries=4)
+def _reference_set(root: str, signature: tuple, entry_id: str):
+    from cxr_core.neighbors import ReferenceSet
+
+    status = next((s for s in _entries(root, signature) if s.id == entry_id), None)
+    if status is None or not status.ok:
+        return None
+    entry = status.entry()
+    return ReferenceSet.from_entry(entry) if entry.has("index.npz") and entry.has("thumbs.npy") else None
+
+
+def reference_set(entry_id: str):
+    """The entry's embedding index (``cxr_core.neighbors.ReferenceSet``, thumbnails memory-mapped), or None."""
+    root = registry_path()
+    return _reference_set(str(root), registry_signature(root), entry_id)
+
+
+def indexed_classifiers() -> list[EntryStatus]:
+    """Usable classifier entries that carry an embedding index, newest first."""
+    return [
+        s for s in entries()
+        if s.ok and s.card and s.card.get("kind") == "classifier"
+        and {"index.npz", "thumbs.npy"} <= set(s.card.get("files", {}))
+    ]

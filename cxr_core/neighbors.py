@@ -1,0 +1,271 @@
+"""Nearest-neighbour search and voting on L2-normalised embeddings (cosine distance).
+
+Exact search: one matrix product per chunk of queries and ``argpartition`` for the
+top K, so memory stays bounded (``chunk_bytes``) at 100,000 references and no
+approximate index (with its recall questions) is needed at this scale. Distances
+are cosine distances ``1 - <q, r>`` in [0, 2] for unit vectors.
+
+Votes follow scikit-learn's ``KNeighborsClassifier`` so that the numbers are
+comparable with it: ``uniform`` counts neighbours, ``distance`` weighs them by
+1/d, and a query with an exact match (d = 0) takes its vote from the exact
+matches only. Ties go to the lowest class index, as in scikit-learn.
+
+``ReferenceSet`` is a classifier's stored index (``index.npz``, ``thumbs.npy``,
+``projection.npz``, written by ``python -m train.index``) loaded for queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .registry import Entry
+
+Weights = Literal["uniform", "distance"]
+
+#: Default K per task (odd for the binary task so that a majority always exists).
+DEFAULT_K: dict[str, int] = {"binary": 7, "multiclass": 5}
+
+#: Distances at or below this are "the same vector": float32 rounding keeps the
+#: self-distance of a unit vector near 1e-7, not at 0.
+EXACT = 1e-6
+
+
+def default_k(task: str | None) -> int:
+    return DEFAULT_K.get(task or "", 5)
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows scaled to unit length, as float32 (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, eps)
+
+
+@dataclass
+class Neighbors:
+    """K nearest references per query: row ids into the reference set and cosine distances, nearest first."""
+
+    ids: np.ndarray  # (n_queries, k) int64
+    dist: np.ndarray  # (n_queries, k) float32
+
+
+def search(
+    reference: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    *,
+    exclude: np.ndarray | None = None,
+    chunk_bytes: int = 256 << 20,
+) -> Neighbors:
+    """Exact K nearest neighbours of each query among ``reference`` rows (both L2-normalised).
+
+    ``exclude[i]`` (optional, one reference row id per query, -1 for none) is left
+    out of query i's answer: a reference image queried against its own set must not
+    count itself.
+    """
+    ref = np.asarray(reference, dtype=np.float32)
+    q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    n_ref = ref.shape[0]
+    if q.shape[1] != ref.shape[1]:
+        raise ValueError(f"query dimension {q.shape[1]} does not match the reference dimension {ref.shape[1]}")
+    extra = 1 if exclude is not None else 0
+    k_eff = min(k, n_ref - extra)
+    if k_eff < 1:
+        raise ValueError(f"need at least {k + extra} reference rows for k={k}, have {n_ref}")
+    kk = k_eff + extra
+    ids_out = np.empty((q.shape[0], k_eff), dtype=np.int64)
+    dist_out = np.empty((q.shape[0], k_eff), dtype=np.float32)
+    rows = max(1, int(chunk_bytes // (4 * max(n_ref, 1))))
+    for start in range(0, q.shape[0], rows):
+        stop = min(start + rows, q.shape[0])
+        sims = q[start:stop] @ ref.T
+        if exclude is not None:
+            ex = np.asarray(exclude[start:stop], dtype=np.int64)
+            has = ex >= 0
+            # Pushing the excluded row to -inf is exact and cheaper than searching k+1 and filtering.
+            sims[np.nonzero(has)[0], ex[has]] = -np.inf
+        if kk < n_ref:
+            part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        else:
+            part = np.broadcast_to(np.arange(n_ref), (stop - start, n_ref)).copy()
+        part_sims = np.take_along_axis(sims, part, axis=1)
+        # Stable sort on (-sim, id) so that equal distances order by row id, like a brute-force scan.
+        order = np.lexsort((part, -part_sims), axis=1)
+        top = np.take_along_axis(part, order, axis=1)[:, :k_eff]
+        top_sims = np.take_along_axis(part_sims, order, axis=1)[:, :k_eff]
+        ids_out[start:stop] = top
+        dist_out[start:stop] = np.clip(1.0 - top_sims, 0.0, 2.0)
+    return Neighbors(ids_out, dist_out)
+
+
+def vote_weights(dist: np.ndarray, weights: Weights) -> np.ndarray:
+    """Per-neighbour vote weights (scikit-learn's rule, with ``EXACT`` as zero)."""
+    dist = np.asarray(dist, dtype=np.float64)
+    if weights == "uniform":
+        return np.ones_like(dist)
+    if weights != "distance":
+        raise ValueError(f"weights must be 'uniform' or 'distance', got {weights!r}")
+    exact = dist <= EXACT
+    w = 1.0 / np.where(exact, 1.0, dist)
+    rows = exact.any(axis=1)
+    w[rows] = exact[rows].astype(np.float64)
+    return w
+
+
+def vote(neighbor_labels: np.ndarray, dist: np.ndarray, n_classes: int, weights: Weights = "uniform") -> np.ndarray:
+    """Vote shares (n_queries, n_classes), rows summing to 1, from the neighbours' class indices."""
+    lab = np.atleast_2d(np.asarray(neighbor_labels, dtype=np.int64))
+    w = vote_weights(np.atleast_2d(dist), weights)
+    n = lab.shape[0]
+    out = np.zeros((n, n_classes), dtype=np.float64)
+    np.add.at(out, (np.repeat(np.arange(n), lab.shape[1]), lab.ravel()), w.ravel())
+    return out / np.maximum(out.sum(axis=1, keepdims=True), 1e-300)
+
+
+def predict_from_shares(shares: np.ndarray) -> np.ndarray:
+    """The winning class per row; ties go to the lowest class index (as scikit-learn)."""
+    return np.argmax(shares, axis=1)
+
+
+@dataclass
+class KnnIndex:
+    """Reference embeddings (L2-normalised) with their class indices, ready for queries."""
+
+    embeddings: np.ndarray  # (N, D) float32, unit rows
+    labels: np.ndarray  # (N,) int, class index for the task
+    n_classes: int
+    k: int = 5
+
+    def __post_init__(self) -> None:
+        self.embeddings = np.ascontiguousarray(self.embeddings, dtype=np.float32)
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if self.embeddings.shape[0] != self.labels.shape[0]:
+            raise ValueError("embeddings and labels must have the same number of rows")
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    def query(self, vectors: np.ndarray, k: int | None = None, exclude: np.ndarray | None = None) -> Neighbors:
+        """Neighbours of arbitrary vectors (normalised here, so raw embeddings are fine)."""
+        return search(self.embeddings, l2_normalize(np.atleast_2d(vectors)), k or self.k, exclude=exclude)
+
+    def query_rows(self, rows: np.ndarray | list[int] | int, k: int | None = None) -> Neighbors:
+        """Neighbours of reference rows, each leaving itself out."""
+        r = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+        return search(self.embeddings, self.embeddings[r], k or self.k, exclude=r)
+
+    def shares(self, nb: Neighbors, weights: Weights = "uniform") -> np.ndarray:
+        return vote(self.labels[nb.ids], nb.dist, self.n_classes, weights)
+
+    def predict(self, nb: Neighbors, weights: Weights = "uniform") -> np.ndarray:
+        return predict_from_shares(self.shares(nb, weights))
+
+
+def leave_one_out(index: KnnIndex, k: int | None = None, weights: Weights = "uniform") -> tuple[Neighbors, np.ndarray]:
+    """Every reference row's neighbours among the others, and the class they vote for."""
+    nb = index.query_rows(np.arange(len(index)), k)
+    return nb, index.predict(nb, weights)
+
+
+def knn_accuracy(
+    reference: KnnIndex, queries: np.ndarray, query_labels: np.ndarray, k: int | None = None
+) -> dict[str, float]:
+    """Accuracy of the majority and the distance-weighted vote for labelled queries."""
+    nb = reference.query(queries, k)
+    y = np.asarray(query_labels)
+    return {
+        "majority": float(np.mean(reference.predict(nb, "uniform") == y)),
+        "weighted": float(np.mean(reference.predict(nb, "distance") == y)),
+    }
+
+
+@dataclass
+class ReferenceSet:
+    """A classifier's embedding index as the app uses it: rows, thumbnails, maps and a KNN index.
+
+    Row ``i`` of every array is image ``i`` of ``index.npz``; ``thumbs`` is memory-mapped.
+    """
+
+    entry_id: str
+    task: str
+    classes: list[str]
+    paths: np.ndarray
+    labels: np.ndarray
+    subtypes: np.ndarray
+    splits: np.ndarray
+    patients: np.ndarray
+    targets: np.ndarray
+    probs: np.ndarray
+    predicted: np.ndarray
+    knn_predicted: np.ndarray
+    knn: KnnIndex
+    thumbs: np.ndarray
+    maps: dict[str, np.ndarray]
+    data_root: str | None
+    info: dict
+
+    @classmethod
+    def from_entry(cls, entry: Entry) -> ReferenceSet:
+        z = entry.load_npz("index.npz")
+        maps = entry.load_npz("projection.npz") if entry.has("projection.npz") else {}
+        info = dict(entry.card.get("index", {}))
+        task = entry.task or "binary"
+        classes = [str(c) for c in z["classes"]] if "classes" in z else entry.classes
+        k = int(info.get("k") or default_k(task))
+        n = len(z["paths"])
+        return cls(
+            entry_id=entry.id,
+            task=task,
+            classes=classes,
+            paths=z["paths"],
+            labels=z["labels"],
+            subtypes=z["subtypes"],
+            splits=z["splits"],
+            patients=z["patients"],
+            targets=z["targets"],
+            probs=z["probs"],
+            predicted=z["predicted"],
+            knn_predicted=z["knn_predicted"] if "knn_predicted" in z else np.full(n, -1),
+            knn=KnnIndex(z["embeddings"], z["targets"], len(classes), k),
+            thumbs=entry.load_npy("thumbs.npy", mmap=True),
+            maps={name: np.asarray(v, dtype=np.float32) for name, v in maps.items()},
+            data_root=info.get("data_root"),
+            info=info,
+        )
+
+    def __len__(self) -> int:
+        return len(self.knn)
+
+    @property
+    def k(self) -> int:
+        return self.knn.k
+
+    def find(self, text: str, limit: int = 200) -> np.ndarray:
+        """Rows whose path contains ``text`` (case-insensitive), at most ``limit``."""
+        text = text.strip().lower()
+        if not text:
+            return np.empty(0, dtype=np.int64)
+        hits = np.nonzero(np.char.find(np.char.lower(self.paths), text) >= 0)[0]
+        return hits[:limit]
+
+    def place(self, vector: np.ndarray, map_name: str, k: int | None = None) -> np.ndarray:
+        """Coordinates of an embedding on one of the stored maps (from its K nearest rows)."""
+        from .projection import place
+
+        return place(self.maps[map_name], self.knn.query(vector, k))[0]
+
+    def image(self, row: int) -> np.ndarray:
+        """The full-size grayscale image of a row, or its thumbnail when the dataset is not reachable."""
+        from .data import DatasetError, safe_join
+        from .imaging import ImageDecodeError, read_gray
+
+        if self.data_root:
+            try:
+                return read_gray(safe_join(self.data_root, str(self.paths[row])))
+            except (OSError, DatasetError, ImageDecodeError):
+                pass
+        return np.asarray(self.thumbs[row])
