@@ -69,7 +69,10 @@ def bench_apptest(registry: str, reps: int) -> None:
     from streamlit.testing.v1 import AppTest
 
     os.environ["CXR_REGISTRY"] = registry
-    at = AppTest.from_file("pages/3_Anomaly_threshold.py", default_timeout=300).run()
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[1] / "pages" / "3_Anomaly_threshold.py"
+    at = AppTest.from_file(str(page), default_timeout=300).run()
     entry_id = at.selectbox(key="anomaly_entry").value
     slider = at.slider(key=f"anomaly_thr::{entry_id}")
     lo, hi = slider.min, slider.max
