@@ -110,7 +110,7 @@ def test_images(synthetic_data: Path) -> list[np.ndarray]:
     paths = sorted((synthetic_data / "test" / "PNEUMONIA").glob("*.png"))[:2] + sorted(
         (synthetic_data / "test" / "NORMAL").glob("*.png")
     )[:1]
-    return [np.asarray(Image.fromarray(read_gray(p)).resize((SHAPE[1], SHAPE[0]))) for p in paths]
+    return [np.array(Image.fromarray(read_gray(p)).resize((SHAPE[1], SHAPE[0]))) for p in paths]
 
 
 def test_trained_maps_valid_for_every_class(tiny: dict[str, Explainer], test_images: list[np.ndarray]):
