@@ -70,7 +70,12 @@ for s in statuses:
 
 st.subheader("Pages")
 st.markdown(
-    "- **Predict** — upload a PNG, JPEG, BMP, TIFF or DICOM study and get the prediction.\n"
+    "- **Predict** — upload a PNG, JPEG, BMP, TIFF or DICOM study: prediction, Grad-CAM, similar cases, "
+    "anomaly score and a does-this-look-like-a-chest-X-ray check.\n"
+    "- **Embedding explorer** — t-SNE / UMAP maps of the reference set; click or lasso to see images and neighbours.\n"
+    "- **Anomaly threshold** — tune the healthy-only detector's threshold on live histograms, confusion matrix and ROC.\n"
+    "- **Explain** — Grad-CAM gallery over test images, filtered by correctness and class.\n"
+    "- **Models & data** — model cards, metrics, confusion matrices, ROC and training curves, dataset statistics.\n"
 )
 
 st.subheader("Train on the real dataset")
