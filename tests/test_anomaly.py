@@ -356,3 +356,17 @@ def test_predict_page_shows_the_anomaly_section(tiny_registry, anomaly_registry,
     assert not at.exception, at.exception
     assert any(s.value == "Out of the ordinary?" for s in at.subheader)
     assert sum("threshold" in str(m.delta) for m in at.metric) == 3
+
+
+def test_figures_are_valid_plotly():
+    """The page builds figures without validation for speed; here they are validated."""
+    import plotly.graph_objects as go
+
+    from cxr_core.anomaly import histogram_data
+    from pages.ui.anomaly_views import histogram_figure, roc_figure
+
+    y, s = _two_gaussians()
+    table = ThresholdTable(y, s)
+    fpr, tpr = table.roc()
+    for fig in (histogram_figure(histogram_data(y, s), 0.5, marker=1.0), roc_figure(fpr, tpr, (0.2, 0.8), 0.85)):
+        go.Figure(fig.to_dict())  # raises on any invalid property
