@@ -144,7 +144,9 @@ def test_binary_target_is_the_signed_logit_and_the_library_default_is_not(tiny, 
         assert p.empty or n.empty or not np.allclose(p.cam, n.cam, atol=1e-3)
         # ReLU(w) and ReLU(-w) at the layer's resolution: where one map has evidence, the other has none.
         assert not ((p.signed > 0) & (n.signed > 0)).any()
-    assert any(not p.empty and not n.empty for p, n in zip(pneu, norm, strict=True))
+    # A briefly trained model at 96 px (a 3x3 target layer) may put all its evidence on one side;
+    # the checks above are only vacuous if every map is empty.
+    assert any(not p.empty or not n.empty for p, n in zip(pneu, norm, strict=True))
 
     # The library used the plain way (no target => argmax over the single output) on a fresh copy.
     clf = load_classifier(select(list_entries(tiny_registry), "classifier", "binary"))
@@ -153,14 +155,28 @@ def test_binary_target_is_the_signed_logit_and_the_library_default_is_not(tiny, 
         lib_default = cam(input_tensor=torch.cat([image_to_input(g, ex.spec) for g in images]), targets=None)
     for i, (p, n) in enumerate(zip(pneu, norm, strict=True)):
         np.testing.assert_allclose(lib_default[i], p.cam_input, atol=2e-4)  # always the PNEUMONIA map
-        if not n.empty and not p.empty:
+        if not n.empty:
             assert not np.allclose(lib_default[i], n.cam_input, atol=1e-3)
 
     # Our default follows the prediction: an image called NORMAL gets the NORMAL (-logit) map.
     strict = Explainer(clf.model, clf.entry.card["architecture"], "binary", ex.spec, threshold=2.0)  # never PNEUMONIA
     called_normal = strict.explain(images[0])
     assert called_normal.target == 0 and called_normal.target_name == "NORMAL"
-    np.testing.assert_allclose(called_normal.cam_input, norm[0].cam_input, atol=1e-6)
+    np.testing.assert_allclose(called_normal.cam_input, norm[0].cam_input, atol=1e-5)  # batch of 1 vs 18
+
+
+def test_binary_targets_split_mixed_evidence(gray: np.ndarray):
+    """On a map with evidence both ways (a seeded random head on a 7x7 layer), PNEUMONIA and NORMAL
+    each get their own part of the image and nothing is shared."""
+    torch.manual_seed(0)
+    model, _ = create_model("tf_efficientnet_lite0", 1)
+    torch.nn.init.normal_(model.get_classifier().weight, std=0.1)
+    ex = Explainer(model.eval(), "tf_efficientnet_lite0", "binary", InputSpec(size=224, crop_fraction=0.9))
+    p, n = ex.explain_batch([gray, gray], "gradcam", ["PNEUMONIA", "NORMAL"])
+    assert not p.empty and not n.empty
+    np.testing.assert_allclose(n.signed, -p.signed, rtol=1e-5, atol=1e-6)
+    assert not ((p.signed > 0) & (n.signed > 0)).any()
+    assert not np.allclose(p.cam, n.cam, atol=1e-3)
 
 
 @pytest.mark.parametrize("method", list(METHODS))
