@@ -38,6 +38,18 @@ def _label(s) -> str:
     return f"{c.get('kind')} · {c.get('task') or '—'} · {c.get('architecture') or ''} · {s.id}{tag}"
 
 
+def _thresholds_text(thresholds) -> str:
+    """Classifier cards hold {name: cut}; detector cards hold {"suggestions": {name: {"value": ...}}} and notes."""
+    if not isinstance(thresholds, dict) or not thresholds:
+        return "—"
+    flat = thresholds.get("suggestions") if isinstance(thresholds.get("suggestions"), dict) else thresholds
+    parts = []
+    for k, v in flat.items():
+        v = v.get("value") if isinstance(v, dict) else v
+        parts.append(f"{k} {v:.3f}" if isinstance(v, int | float) else f"{k} {v}")
+    return ", ".join(parts)
+
+
 by_label = {_label(s): s for s in usable}
 choice = st.selectbox("Entry", list(by_label), key="entry")
 card = by_label[choice].card
@@ -64,7 +76,7 @@ facts = {
     "epochs run (selected on validation)": f"{train.get('epochs_run', '—')} ({train.get('best_epoch', '—')})",
     "training images/s": f"{train.get('images_per_second', 0):.1f}" if train else "—",
     "threshold in use": card.get("threshold", "—"),
-    "thresholds chosen on validation": ", ".join(f"{k} {v:.3f}" for k, v in card.get("thresholds", {}).items()) or "—",
+    "thresholds chosen on validation": _thresholds_text(card.get("thresholds")),
     "input mean / std": f"{inp.get('mean')} / {inp.get('std')}",
     "crop fraction": inp.get("crop_fraction", "—"),
     "created": card.get("created_at", "—"),

@@ -370,3 +370,21 @@ def test_figures_are_valid_plotly():
     fpr, tpr = table.roc()
     for fig in (histogram_figure(histogram_data(y, s), 0.5, marker=1.0), roc_figure(fpr, tpr, (0.2, 0.8), 0.85)):
         go.Figure(fig.to_dict())  # raises on any invalid property
+
+
+def test_models_page_shows_every_detector_card(anomaly_registry, monkeypatch):
+    """Detector cards hold suggestion dicts under ``thresholds``, not classifier cuts: the page must read both."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CXR_REGISTRY", str(anomaly_registry))
+    at = AppTest.from_file(str(REPO / "pages/5_Models_and_data.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    options = at.selectbox(key="entry").options
+    assert len(options) == 4
+    for option in options:
+        at.selectbox(key="entry").select(option).run()
+        assert not at.exception, (option, at.exception)
+        facts = at.table[0].value
+        text = str(facts.loc["thresholds chosen on validation"].iloc[0])
+        if "· anomaly ·" in option:
+            assert "normal_q95" in text, text
