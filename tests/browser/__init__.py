@@ -1,0 +1,1 @@
+"""Browser tests: the running app driven by Debian chromium through Playwright."""

@@ -1,0 +1,89 @@
+"""Predict in a browser: upload a file through the real uploader and read what the page shows."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from bench.browser import StreamlitServer, errors_on_screen, open_page, upload
+
+pytestmark = pytest.mark.browser
+
+LABELS = {"NORMAL", "PNEUMONIA", "normal", "bacteria", "virus"}
+
+
+def _predict(server: StreamlitServer, page, image: Path) -> None:
+    open_page(page, server.url, "Predict")
+    upload(page, image)
+    errors = errors_on_screen(page)
+    assert not errors, errors
+
+
+def _check_prediction(page) -> None:
+    metrics = page.locator("[data-testid='stMetric']").filter(has_text="Prediction")
+    assert metrics.count() == 2, "expected a binary and a 3-class prediction"
+    values = [v.strip() for v in metrics.locator("[data-testid='stMetricValue']").all_inner_texts()]
+    assert set(values) <= LABELS, values
+    bars = [t for t in page.locator("[data-testid='stProgress']").all_inner_texts() if re.search(r"\d+\.\d%", t)]
+    # 2 binary + 3 multiclass probabilities, each "class: 12.3%".
+    assert len(bars) >= 5, bars
+    probs = [float(m.group(1)) for t in bars if (m := re.search(r":\s*([\d.]+)%", t))]
+    assert all(0 <= p <= 100 for p in probs)
+
+
+def _check_gradcam(page) -> None:
+    expect(page.get_by_role("heading", name=re.compile("Grad-CAM"))).to_have_count(1)
+    caption = page.locator("[data-testid='stImageCaption']").filter(has_text=re.compile(r"for .+ · layer"))
+    expect(caption, "no Grad-CAM overlay with its caption").to_have_count(1)
+    img = page.locator("[data-testid='stImageContainer']").filter(has=caption).locator("img")
+    _wait_loaded(img)
+    box = img.bounding_box()
+    assert box and box["width"] > 50 and box["height"] > 50, box
+
+
+def _wait_loaded(img) -> None:
+    """Scroll an image into view and wait until the browser has decoded it (it has no size before)."""
+    img.scroll_into_view_if_needed()
+    img.page.wait_for_function("el => el.complete && el.naturalWidth > 0", arg=img.element_handle(), timeout=60_000)
+
+
+def _check_neighbours(page) -> None:
+    expect(page.get_by_role("heading", name=re.compile("similar|neighbo", re.I))).to_have_count(1)
+    k = int(page.get_by_label("Neighbours (K)").input_value())
+    # Each neighbour thumbnail is captioned with its label, split and cosine distance.
+    thumbs = page.locator("[data-testid='stImageContainer']").filter(
+        has=page.locator("[data-testid='stImageCaption']", has_text=re.compile(r"d=\d\.\d{3}")))
+    expect(thumbs).to_have_count(k)
+    for img in thumbs.locator("img").all():
+        _wait_loaded(img)
+
+
+def test_predict_synthetic_phantom(demo_app: StreamlitServer, page, synthetic_data: Path):
+    image = next((synthetic_data / "test" / "PNEUMONIA").glob("*.png"))
+    _predict(demo_app, page, image)
+    _check_prediction(page)
+
+
+def test_predict_real_cxr_shows_label_probabilities_and_gradcam(mini_app: StreamlitServer, page, cxr_mini: Path):
+    image = next((cxr_mini / "test" / "PNEUMONIA").glob("*.jpeg"))
+    _predict(mini_app, page, image)
+    _check_prediction(page)
+    _check_gradcam(page)
+
+
+def test_predict_real_cxr_shows_neighbours(mini_app: StreamlitServer, page, cxr_mini: Path):
+    image = next((cxr_mini / "test" / "NORMAL").glob("*.jpeg"))
+    _predict(mini_app, page, image)
+    _check_neighbours(page)
+
+
+def test_predict_garbage_upload_is_refused_in_words(demo_app: StreamlitServer, page, tmp_path: Path):
+    bad = tmp_path / "scan.png"
+    bad.write_bytes(b"this is not an image")
+    _predict(demo_app, page, bad)
+    alerts = page.locator("[data-testid='stAlert']").all_inner_texts()
+    assert any("cannot be used" in a for a in alerts), alerts
+    assert page.locator("[data-testid='stMetric']").filter(has_text="Prediction").count() == 0
