@@ -42,6 +42,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget, ClassifierOutputTarget
 from torch import nn
 
@@ -215,6 +216,7 @@ class Explainer:
         # The app shares one explainer between sessions (st.cache_resource) and each CAM call hooks the
         # model's layer: two calls at once would each record the other's activations and gradients.
         self._lock = threading.Lock()
+        self._layer_is_features: bool | None = None
 
     @classmethod
     def from_loaded(cls, clf: Any, target_layer: str | None = None, copy_model: bool = True) -> Explainer:
@@ -246,6 +248,83 @@ class Explainer:
     def explain(self, gray: np.ndarray, method: str = "gradcam", target: Target = None) -> Explanation:
         """CAM of one grayscale uint8 image for ``target`` (predicted class when None)."""
         return self.explain_batch([gray], method, [target])[0]
+
+    @property
+    def layer_is_features(self) -> bool:
+        """Whether the target layer's output is ``model.forward_features`` (true for every default layer)."""
+        if self._layer_is_features is None:
+            seen: list[torch.Tensor] = []
+            hook = self.layer.register_forward_hook(lambda _m, _i, out: seen.append(out))
+            try:
+                with self._lock, torch.inference_mode():
+                    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+                    feats = self.model.forward_features(x.to(next(self.model.parameters()).device))
+            except Exception:  # a model without forward_features: always run the full pass
+                feats = None
+            finally:
+                hook.remove()
+            self._layer_is_features = (
+                feats is not None and len(seen) >= 1 and seen[-1].shape == feats.shape and torch.equal(seen[-1], feats)
+            )
+        return self._layer_is_features
+
+    def explain_features(
+        self, gray: np.ndarray, features: torch.Tensor, method: str = "gradcam", target: Target = None
+    ) -> Explanation:
+        """The CAM of ``gray`` from its already computed final feature map (1, C, h, w).
+
+        ``features`` is what ``model.forward_features`` gave for this image (the Predict page's
+        classification pass keeps it), so only the head runs here, forward and backward: the
+        map equals :meth:`explain`'s (a test checks it) at a fraction of its cost. Falls back to
+        :meth:`explain` when the target layer is not the feature output (a ``target_layer``
+        override).
+        """
+        if method not in METHODS:
+            raise ValueError(f"unknown CAM method {method!r}; expected one of {sorted(METHODS)}")
+        if not self.layer_is_features:
+            return self.explain(gray, method, target)
+        t0 = time.perf_counter()
+        chosen = PredictedClassTarget(self.task, self.threshold) if target is None else class_target(
+            self.task, self.class_index(target)
+        )
+        device = next(self.model.parameters()).device
+        with self._lock, torch.inference_mode(False), torch.enable_grad():
+            acts = features.detach().clone().to(device=device, dtype=torch.float32).requires_grad_(True)
+            outputs = self.model.forward_head(acts)
+            (grads,) = torch.autograd.grad(chosen(outputs[0]), acts)
+            # The library's own weighting (Grad-CAM or Grad-CAM++) on these activations and gradients;
+            # its hooks are released at once, the forward/backward above replaces its loop.
+            cam = METHODS[method](model=self.model, target_layers=[self.layer])
+            cam.activations_and_grads.release()
+            a_np, g_np = acts.detach().cpu().numpy(), grads.cpu().numpy()
+            signed = cam.get_cam_image(None, self.layer, [chosen], a_np, g_np)
+        size = (self.spec.size, self.spec.size)
+        # As BaseCAM: ReLU, min-max and resize per layer, then ReLU, mean over layers, min-max.
+        maps = scale_cam_image(np.maximum(scale_cam_image(np.maximum(signed, 0), size), 0))
+        from .models import logits_to_probs
+
+        probs = logits_to_probs(outputs.detach().float().cpu(), self.task).numpy()
+        idx = chosen.category if isinstance(chosen, PredictedClassTarget) else self.class_index(target)  # type: ignore[arg-type]
+        assert idx is not None
+        return self._explanation(gray, maps[0], signed[0], method, int(idx), probs[0], time.perf_counter() - t0)
+
+    def _explanation(
+        self, gray: np.ndarray, cam_map: np.ndarray, signed: np.ndarray, method: str, idx: int, probs: np.ndarray,
+        seconds: float,
+    ) -> Explanation:
+        cam_in = np.clip(np.nan_to_num(cam_map.astype(np.float32), nan=0.0), 0.0, 1.0)
+        return Explanation(
+            cam=to_original(cam_in, gray.shape, self.spec),
+            cam_input=cam_in,
+            signed=np.asarray(signed, dtype=np.float32),
+            method=method,
+            target=idx,
+            target_name=self.classes[idx],
+            probs=probs,
+            layer=self.layer_name,
+            empty=not bool(np.max(signed) > 0),
+            seconds=seconds,
+        )
 
     def explain_batch(
         self, images: Sequence[np.ndarray], method: str = "gradcam", targets: Sequence[Target] | None = None
@@ -289,21 +368,7 @@ class Explainer:
             tgt = chosen[i]
             idx = tgt.category if isinstance(tgt, PredictedClassTarget) else self.class_index(targets[i])  # type: ignore[arg-type]
             assert idx is not None
-            cam_in = np.clip(np.nan_to_num(maps[i].astype(np.float32), nan=0.0), 0.0, 1.0)
-            out.append(
-                Explanation(
-                    cam=to_original(cam_in, gray.shape, self.spec),
-                    cam_input=cam_in,
-                    signed=np.asarray(signed[i], dtype=np.float32),
-                    method=method,
-                    target=int(idx),
-                    target_name=self.classes[idx],
-                    probs=probs[i],
-                    layer=self.layer_name,
-                    empty=not bool(np.max(signed[i]) > 0),
-                    seconds=seconds,
-                )
-            )
+            out.append(self._explanation(gray, maps[i], signed[i], method, int(idx), probs[i], seconds))
         return out
 
 

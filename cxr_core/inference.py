@@ -67,11 +67,15 @@ def infer(
     device: torch.device | str = "cpu",
     want_embeddings: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    keep_features: list[torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Probabilities (N, n_classes) and embeddings (N, D) for prepared uint8 images (N, S, S).
 
     With ``tta > 1`` probabilities are averaged over views; the embedding is always
     the plain view's, so the index and the map do not depend on the TTA setting.
+    ``keep_features`` (with ``want_embeddings``) receives the plain view's final feature map
+    per batch (``model.forward_features``, float32 on the CPU): the Predict page hands it to
+    ``Explainer.explain_features`` so that Grad-CAM needs no second forward pass.
     """
     from .models import logits_to_probs
 
@@ -89,6 +93,8 @@ def infer(
             x = normalize(view, spec).contiguous(memory_format=torch.channels_last)
             if vi == 0 and want_embeddings:
                 feats = model.forward_features(x)
+                if keep_features is not None:
+                    keep_features.append(feats.float().cpu())
                 e = model.forward_head(feats, pre_logits=True)
                 logits = model.forward_head(feats)
                 emb_out.append(e.float().cpu())

@@ -48,6 +48,9 @@ class Prediction:
     embedding_entry: str | None
     timings: dict[str, float] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    #: Per task, the plain view's final feature map (1, C, h, w): Grad-CAM's input at the default
+    #: layer, so the page explains without running the network again.
+    feature_maps: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
 
 def decide(task: str, classes: list[str], probs: np.ndarray, threshold: float) -> tuple[str, float]:
@@ -87,13 +90,17 @@ class Predictor:
         results: dict[str, TaskResult] = {}
         timings: dict[str, float] = {}
         embedding, emb_entry = None, None
+        feature_maps: dict[str, torch.Tensor] = {}
         emb_model = self.embedding_model()
         for task, clf in self.classifiers.items():
             t0 = time.perf_counter()
             x = prepare(gray, clf.spec)
             t1 = time.perf_counter()
             want = clf is emb_model
-            probs, emb = infer(clf.model, x[None], clf.spec, task, tta=tta, want_embeddings=want)
+            kept: list[torch.Tensor] = []
+            probs, emb = infer(clf.model, x[None], clf.spec, task, tta=tta, want_embeddings=True, keep_features=kept)
+            if kept:
+                feature_maps[task] = kept[0]
             t2 = time.perf_counter()
             label, conf = decide(task, clf.classes, probs[0], clf.threshold)
             results[task] = TaskResult(task, clf.entry.id, clf.classes, [float(p) for p in probs[0]], label, conf, clf.threshold, tta)
@@ -102,4 +109,4 @@ class Predictor:
             if want and emb is not None:
                 v = emb[0].astype(np.float32)
                 embedding, emb_entry = v / max(float(np.linalg.norm(v)), 1e-12), clf.entry.id
-        return Prediction(results, embedding, emb_entry, timings)
+        return Prediction(results, embedding, emb_entry, timings, feature_maps=feature_maps)

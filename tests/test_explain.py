@@ -472,3 +472,36 @@ def test_explain_page_says_when_the_dataset_is_missing(tiny_registry: Path, tmp_
     assert not at.exception, at.exception
     assert any("not available here" in w.value and "moved-away" in w.value for w in at.warning)
     assert not at.image
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_map_from_the_prediction_pass_equals_the_full_pass(arch: str, gray: np.ndarray):
+    """The Predict page explains from the feature map its classification pass kept: same maps, same probs."""
+    from cxr_core.inference import infer
+
+    torch.manual_seed(0)
+    spec = InputSpec(size=64, crop_fraction=0.9)
+    for task in ("binary", "multiclass"):
+        model, _ = create_model(arch, num_outputs_for(task))
+        torch.nn.init.normal_(model.get_classifier().weight, std=0.1)
+        model.eval()
+        ex = Explainer(model, arch, task, spec)
+        assert ex.layer_is_features
+        kept: list[torch.Tensor] = []
+        with torch.inference_mode():  # as the app's predictor runs
+            probs, _ = infer(model, prepare(gray, spec)[None], spec, task, keep_features=kept)
+        for method in METHODS:
+            for target in [None, *range(len(ex.classes))]:
+                full = ex.explain(gray, method, target)
+                fast = ex.explain_features(gray, kept[0], method, target)
+                assert (fast.target, fast.empty, fast.layer) == (full.target, full.empty, full.layer)
+                np.testing.assert_allclose(fast.signed, full.signed, rtol=1e-4, atol=1e-5)
+                np.testing.assert_allclose(fast.cam, full.cam, atol=1e-4)
+                np.testing.assert_allclose(fast.probs, probs[0], atol=1e-5)
+    # A layer override is not the feature output: the full pass runs instead.
+    model, _ = create_model("tf_efficientnet_lite0", 1)
+    deeper = Explainer(model.eval(), "tf_efficientnet_lite0", "binary", spec, target_layer="blocks.4")
+    assert not deeper.layer_is_features
+    kept = []
+    infer(deeper.model, prepare(gray, spec)[None], spec, "binary", keep_features=kept)
+    np.testing.assert_allclose(deeper.explain_features(gray, kept[0]).cam, deeper.explain(gray).cam, atol=1e-6)

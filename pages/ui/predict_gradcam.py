@@ -61,9 +61,14 @@ def _section(decoded: DecodedImage, prediction: Any, tasks: list[str], digest: s
 
     try:
         ex = explainer(res.entry_id)
+        feats = prediction.feature_maps.get(task)
+        # The classification pass kept its feature map: only the head runs again (same map, a
+        # fraction of the time); without it, the full forward/backward.
         exp = _cached_cam(
             (digest, res.entry_id, method, target),
-            lambda: ex.explain(decoded.array, method=method, target=target),
+            lambda: ex.explain_features(decoded.array, feats, method=method, target=target)
+            if feats is not None
+            else ex.explain(decoded.array, method=method, target=target),
         )
         shown = overlay(decoded.array, exp.cam, alpha, cmap)
     except Exception as e:  # an explanation failure must not take the prediction down with it
