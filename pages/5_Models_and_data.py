@@ -19,7 +19,10 @@ st.title("Models & data")
 demo_banner()
 
 statuses = entries()
-usable = [s for s in statuses if s.ok and s.card]
+# The classifiers the app predicts with come first (binary, then 3-class), then detectors.
+_ORDER = {("classifier", "binary"): 0, ("classifier", "multiclass"): 1}
+usable = sorted((s for s in statuses if s.ok and s.card),
+                key=lambda s: (_ORDER.get((s.card.get("kind"), s.card.get("task")), 2), s.id))
 broken = [s for s in statuses if not s.ok]
 
 if broken:
