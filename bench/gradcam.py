@@ -10,6 +10,9 @@ machine hits all of them alike):
 - ``forward``: ``model(x)`` under ``torch.inference_mode()``, as the Predict page infers;
 - ``gradcam`` / ``gradcam++``: ``Explainer.explain`` end to end (preprocess, forward, backward
   through the head only, CAM, map on the original image);
+- ``page``: ``Explainer.explain_features`` from the feature map the prediction's own forward
+  pass kept, i.e. the Grad-CAM cost the Predict page adds on top of classifying (head forward +
+  backward, CAM, map on the original image);
 - ``lib-plain``: pytorch-grad-cam used the plain way (all parameters requiring grad, so the
   backward pass runs through the whole network), for comparison.
 
@@ -64,6 +67,9 @@ def bench_arch(arch: str, size: int, runs: int, warmup: int) -> dict[str, float]
         with torch.inference_mode():
             model(x)
 
+    with torch.inference_mode():
+        feats = model.forward_features(x)
+
     def lib_plain() -> None:
         with GradCAM(model=plain, target_layers=[plain_layer]) as cam:
             cam(input_tensor=x.clone(), targets=[BinaryClassifierOutputTarget(1)])
@@ -72,6 +78,7 @@ def bench_arch(arch: str, size: int, runs: int, warmup: int) -> dict[str, float]
         "forward": forward,
         "gradcam": lambda: ex.explain(gray, "gradcam", 1),
         "gradcam++": lambda: ex.explain(gray, "gradcam++", 1),
+        "page": lambda: ex.explain_features(gray, feats, "gradcam", 1),
         "lib-plain": lib_plain,
     }
     for fn in fns.values():
@@ -99,13 +106,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# Grad-CAM vs forward, CPU, batch 1, {args.size} px, {args.threads} thread(s), median of {args.runs} runs")
     print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, numpy {np.__version__}")
     print(f"{'architecture':24s} {'forward ms':>10s} {'gradcam ms':>10s} {'ratio':>6s} {'grad++ ms':>10s} "
-          f"{'ratio':>6s} {'lib-plain ms':>12s} {'ratio':>6s}")
+          f"{'ratio':>6s} {'page ms':>8s} {'ratio':>6s} {'lib-plain ms':>12s} {'ratio':>6s}")
     for arch in archs:
         m = bench_arch(arch, args.size, args.runs, args.warmup)
         f = m["forward"]
         print(
             f"{arch:24s} {f * 1e3:10.1f} {m['gradcam'] * 1e3:10.1f} {m['gradcam'] / f:6.2f} "
-            f"{m['gradcam++'] * 1e3:10.1f} {m['gradcam++'] / f:6.2f} {m['lib-plain'] * 1e3:12.1f} "
+            f"{m['gradcam++'] * 1e3:10.1f} {m['gradcam++'] / f:6.2f} {m['page'] * 1e3:8.1f} {m['page'] / f:6.2f} "
+            f"{m['lib-plain'] * 1e3:12.1f} "
             f"{m['lib-plain'] / f:6.2f}",
             flush=True,
         )
