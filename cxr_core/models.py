@@ -169,6 +169,27 @@ def gradcam_target_layer(model: nn.Module, architecture: str) -> nn.Module:
     raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
 
 
+#: A finer Grad-CAM layer per architecture family (stride 16 instead of 32), by module name.
+_FINE_LAYERS = {"resnet18": "layer3", "resnet50": "layer3", "densenet121": "features.denseblock3"}
+
+
+def gradcam_layer_choices(architecture: str) -> dict[str, str | None]:
+    """Grad-CAM layers a user can pick, label → module name (None: ``gradcam_target_layer``).
+
+    The default is the final feature map the head pools (most class-specific, and the Predict
+    page gets it free from the classification pass). The stride-16 stage before it has twice
+    the resolution: on the synthetic phantoms its peak lands on the lesion far more often
+    (``python -m train.pointing_game ENTRY --layer blocks.4``).
+    """
+    fine = "blocks.4" if architecture in _LITE_VARIANTS else _FINE_LAYERS.get(architecture)
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
+    choices: dict[str, str | None] = {"final feature map (stride 32)" if fine else "final feature map": None}
+    if fine:
+        choices[f"finer: stride 16 ({fine})"] = fine
+    return choices
+
+
 # --- state-dict loading ------------------------------------------------------------------
 
 _LUKEMELAS_TOP = {

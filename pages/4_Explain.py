@@ -6,9 +6,10 @@ import streamlit as st
 
 from cxr_core.data import DatasetError
 from cxr_core.explain import COLORMAPS, METHOD_LABELS, METHODS, overlay, select_items
+from cxr_core.models import gradcam_layer_choices
 from cxr_core.registry import select
 from pages.ui.loaders import entries, gallery_cam, split_predictions
-from pages.ui.widgets import demo_banner, require_classifier
+from pages.ui.widgets import LAYER_HELP, demo_banner, require_classifier
 
 PER_PAGE = 12
 COLUMNS = 4
@@ -65,10 +66,12 @@ order = f4.selectbox(
     format_func={"confidence_desc": "Most confident first", "confidence_asc": "Least confident first",
                  "path": "File name"}.get,
 )
-v1, v2, v3, v4 = st.columns(4)
+v1, v2, v5, v3, v4 = st.columns([1, 1, 1.3, 1, 1.2])
 method = v1.selectbox("Method", list(METHODS), format_func=METHOD_LABELS.get, key="explain_method")
 target_choice = v2.selectbox("Explain class", ["predicted", *classes], key="explain_target",
                              help="Predicted: each image's own predicted class.")
+layers = gradcam_layer_choices(str(card.get("architecture")))
+layer_label = v5.selectbox("Layer", list(layers), key="explain_layer", help=LAYER_HELP)
 cmap = v3.selectbox("Colormap", COLORMAPS, key="explain_cmap")
 alpha = v4.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="explain_alpha")
 
@@ -95,7 +98,7 @@ for i, it in enumerate(visible):
     target = None if target_choice == "predicted" else target_choice
     with cols[i % COLUMNS]:
         try:
-            gray, cam, target_name, empty = gallery_cam(entry_id, it.path, method, target)
+            gray, cam, target_name, empty = gallery_cam(entry_id, it.path, method, target, layer=layers[layer_label])
         except Exception as e:
             st.error(f"`{it.path}`: {type(e).__name__}: {e}")
             continue

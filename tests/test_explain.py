@@ -431,7 +431,14 @@ def test_predict_page_shows_the_gradcam_overlay(tiny_registry: Path, synthetic_d
     at.selectbox(key="gradcam_task").set_value("multiclass").run()
     at.selectbox(key="gradcam_target_multiclass").set_value("virus").run()
     assert not at.exception, at.exception
-    assert any(c.startswith("Grad-CAM++ for virus") for c in _captions(at))
+    assert any(c.startswith("Grad-CAM++ for virus") and "layer `bn2`" in c for c in _captions(at))
+
+    # The finer stride-16 layer: a full forward/backward on the explainer's own copy.
+    layer = at.selectbox(key="gradcam_layer_multiclass")
+    assert layer.options == ["final feature map (stride 32)", "finer: stride 16 (blocks.4)"]
+    layer.set_value("finer: stride 16 (blocks.4)").run()
+    assert not at.exception, at.exception
+    assert any(c.startswith("Grad-CAM++ for virus") and "layer `blocks.4`" in c for c in _captions(at)), _captions(at)
 
 
 def test_explain_page_renders_a_gallery(tiny_registry: Path, monkeypatch):
@@ -454,6 +461,9 @@ def test_explain_page_renders_a_gallery(tiny_registry: Path, monkeypatch):
     target.set_value("NORMAL")
     at.run()
     assert not at.exception, at.exception
+    at.selectbox(key="explain_layer").set_value("finer: stride 16 (blocks.4)").run()
+    assert not at.exception, at.exception
+    assert 1 <= len(_captions(at)) <= 12
 
 
 def test_explain_page_says_when_the_dataset_is_missing(tiny_registry: Path, tmp_path: Path, monkeypatch):

@@ -254,3 +254,22 @@ def test_gradcam_target_layer(arch):
     handle.remove()
     # The layer's output is the final feature map the head pools.
     assert captured and torch.equal(captured[-1], feats)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_gradcam_layer_choices_name_real_modules(arch):
+    from cxr_core.models import gradcam_layer_choices
+
+    model, _ = create_model(arch, 1)
+    choices = gradcam_layer_choices(arch)
+    assert list(choices.values())[0] is None  # the default layer comes first
+    for name in list(choices.values())[1:]:
+        layer = model.get_submodule(name)
+        seen: list = []
+        h = layer.register_forward_hook(lambda _m, _i, out, seen=seen: seen.append(out.shape))
+        with torch.no_grad():
+            feats = model.eval().forward_features(torch.randn(1, 3, 128, 128))
+        h.remove()
+        assert seen and seen[-1][-1] == 2 * feats.shape[-1], (name, seen, feats.shape)  # stride 16 vs 32
+    with pytest.raises(ValueError):
+        gradcam_layer_choices("vgg16")

@@ -123,18 +123,21 @@ def ood_guard():
 # --- Grad-CAM (Predict page section and the Explain page) ------------------------------------
 
 
-@st.cache_resource(show_spinner="Preparing Grad-CAM…", max_entries=4)
-def _explainer(root: str, signature: tuple, entry_id: str):
+@st.cache_resource(show_spinner="Preparing Grad-CAM…", max_entries=8)
+def _explainer(root: str, signature: tuple, entry_id: str, layer: str | None = None):
     from cxr_core.explain import Explainer
     from cxr_core.registry import load_entry
 
-    return Explainer.from_entry(load_entry(root, entry_id))
+    return Explainer.from_entry(load_entry(root, entry_id), target_layer=layer)
 
 
-def explainer(entry_id: str):
-    """A Grad-CAM ``Explainer`` with its own copy of a classifier: the predictor's model never gets hooks."""
+def explainer(entry_id: str, layer: str | None = None):
+    """A Grad-CAM ``Explainer`` with its own copy of a classifier: the predictor's model never gets hooks.
+
+    ``layer``: a module name from ``models.gradcam_layer_choices`` (None: the default layer).
+    """
     root = registry_path()
-    return _explainer(str(root), registry_signature(root), entry_id)
+    return _explainer(str(root), registry_signature(root), entry_id, layer)
 
 
 @st.cache_resource(show_spinner="Loading the classifier…", max_entries=4)
@@ -166,12 +169,15 @@ def split_predictions(entry_id: str, split: str):
 
 
 @st.cache_resource(show_spinner=False, max_entries=256)
-def _gallery_cam(root: str, signature: tuple, entry_id: str, path: str, method: str, target: str | None, side: int):
+def _gallery_cam(
+    root: str, signature: tuple, entry_id: str, path: str, method: str, target: str | None, side: int,
+    layer: str | None = None,
+):
     from cxr_core.data import safe_join
     from cxr_core.explain import downscale
     from cxr_core.imaging import read_gray
 
-    ex = _explainer(root, signature, entry_id)
+    ex = _explainer(root, signature, entry_id, layer)
     gray = read_gray(safe_join(_dataset_root(root, signature, entry_id), path))
     exp = ex.explain(gray, method=method, target=target)
     small_gray, small_cam = downscale(gray, exp.cam, side)
@@ -182,10 +188,10 @@ def _dataset_root(root: str, signature: tuple, entry_id: str) -> str:
     return str(_classifier(root, signature, entry_id).entry.card["dataset"]["root"])
 
 
-def gallery_cam(entry_id: str, path: str, method: str, target: str | None, side: int = 320):
+def gallery_cam(entry_id: str, path: str, method: str, target: str | None, side: int = 320, layer: str | None = None):
     """(gray, cam, target name, empty) of one dataset image, shrunk to ``side`` px, cached per process."""
     root = registry_path()
-    return _gallery_cam(str(root), registry_signature(root), entry_id, path, method, target, side)
+    return _gallery_cam(str(root), registry_signature(root), entry_id, path, method, target, side, layer)
 
 
 # --- Models & data page (issue 3) ----------------------------------------------------------------

@@ -10,8 +10,10 @@ import streamlit as st
 
 from cxr_core.explain import COLORMAPS, METHOD_LABELS, METHODS, Explanation, cam_png, overlay
 from cxr_core.imaging import DecodedImage
+from cxr_core.models import gradcam_layer_choices
 
 from .loaders import explainer
+from .widgets import LAYER_HELP
 
 _TASK_TITLES = {"binary": "Normal vs pneumonia", "multiclass": "Normal / bacterial / viral"}
 _CACHE_KEY = "gradcam_cache"
@@ -44,7 +46,7 @@ def render(decoded: DecodedImage, prediction: Any) -> None:
 @st.fragment
 def _section(decoded: DecodedImage, prediction: Any, tasks: list[str], digest: str) -> None:
     # A fragment: moving the slider or changing a select reruns this section, not the prediction.
-    c_model, c_target, c_method, c_cmap, c_alpha = st.columns([1.3, 1.2, 1, 1, 1.4])
+    c_model, c_target, c_method, c_layer, c_cmap, c_alpha = st.columns([1.3, 1.2, 1, 1.3, 1, 1.3])
     task = c_model.selectbox(
         "Model", tasks, format_func=lambda t: _TASK_TITLES.get(t, t), key="gradcam_task",
         disabled=len(tasks) == 1,
@@ -56,16 +58,22 @@ def _section(decoded: DecodedImage, prediction: Any, tasks: list[str], digest: s
         help="The predicted class by default. The map shows where the evidence FOR this class lies.",
     )
     method = c_method.selectbox("Method", list(METHODS), format_func=METHOD_LABELS.get, key="gradcam_method")
+    try:
+        layers = gradcam_layer_choices(str(explainer(res.entry_id).architecture))
+    except Exception:  # an unloadable entry is reported below, with the map
+        layers = {"final feature map": None}
+    layer_label = c_layer.selectbox("Layer", list(layers), key=f"gradcam_layer_{task}", help=LAYER_HELP)
+    layer = layers[layer_label]
     cmap = c_cmap.selectbox("Colormap", COLORMAPS, key="gradcam_cmap")
     alpha = c_alpha.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="gradcam_alpha")
 
     try:
-        ex = explainer(res.entry_id)
-        feats = prediction.feature_maps.get(task)
-        # The classification pass kept its feature map: only the head runs again (same map, a
-        # fraction of the time); without it, the full forward/backward.
+        ex = explainer(res.entry_id, layer)
+        feats = prediction.feature_maps.get(task) if layer is None else None
+        # The classification pass kept its final feature map: only the head runs again (same map,
+        # a fraction of the time); a finer layer needs the full forward/backward.
         exp = _cached_cam(
-            (digest, res.entry_id, method, target),
+            (digest, res.entry_id, method, target, layer),
             lambda: ex.explain_features(decoded.array, feats, method=method, target=target)
             if feats is not None
             else ex.explain(decoded.array, method=method, target=target),
@@ -88,7 +96,7 @@ def _section(decoded: DecodedImage, prediction: Any, tasks: list[str], digest: s
         )
     title = (
         f"Prediction: {res.label} ({res.confidence:.1%}) · {_TASK_TITLES.get(task, task)}\n"
-        f"{METHOD_LABELS[method]} for {target} · model {res.entry_id} · not for clinical use"
+        f"{METHOD_LABELS[method]} for {target} · layer {exp.layer} · model {res.entry_id} · not for clinical use"
     )
     st.download_button(
         "Download heatmap (PNG)",
