@@ -48,6 +48,7 @@ class PipelineResult:
     missing: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     input_size: int | None = None
+    forward_hot: float | None = None  # seconds: the same forward repeated back to back (caches warm)
 
     def median(self, xs: list[float]) -> float:
         return statistics.median(xs) if xs else float("nan")
@@ -181,6 +182,15 @@ def run(registry: Path, images: Path, n: int = 20, warmup: int = 2, threads: int
         res.forward.append(fwd)
         res.n_images += 1
         log(f"  {path.name}: whole {total * 1000:.0f} ms, forward {fwd * 1000:.0f} ms")
+    # The in-loop reference runs right after the other networks, caches cold; a forward repeated
+    # back to back is the cheapest it gets, and the stricter yardstick for the ratio.
+    with torch.inference_mode():
+        hot = []
+        for _ in range(max(10, n)):
+            t5 = time.perf_counter()
+            binary.model(x)
+            hot.append(time.perf_counter() - t5)
+    res.forward_hot = statistics.median(hot[2:])
     return res
 
 
@@ -206,6 +216,12 @@ def markdown(res: PipelineResult, command: str) -> str:
         f"Ratio whole / forward (median of per-image ratios): **{res.ratio:.2f}×** "
         f"(target ≤ {TARGET_RATIO:.0f}×: {'met' if res.ratio <= TARGET_RATIO else 'NOT met'}).",
     ]
+    if res.forward_hot:
+        strict = med(res.totals) / res.forward_hot
+        lines.append(f"- The reference above is timed inside the loop, right after the other networks ran. The same "
+                     f"forward repeated back to back (caches warm) takes {res.forward_hot * 1000:.1f} ms; against "
+                     f"it the whole pipeline is **{strict:.2f}×** (target: "
+                     f"{'met' if strict <= TARGET_RATIO else 'NOT met'}).")
     lines.append("- `pretrained_features_*`: the frozen ImageNet backbone pass that the feature detectors and the "
                  "OOD guard share (memoised per image); the detector rows after it are their own distance maths.")
     for note in res.notes:
