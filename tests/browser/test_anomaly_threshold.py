@@ -14,15 +14,28 @@ from bench.browser import StreamlitServer, act, errors_on_screen, mark, open_pag
 pytestmark = pytest.mark.browser
 
 
-def read_confusion(page) -> tuple[int, int, int, int]:
-    """(tn, fp, fn, tp) from the confusion-matrix table (the grid's accessible copy of its canvas)."""
+def read_confusion(page, timeout_s: float = 60.0) -> tuple[int, int, int, int]:
+    """(tn, fp, fn, tp) from the confusion-matrix table (the grid's accessible copy of its canvas).
+
+    The grid fills that copy after it has drawn, and only once it is on screen: scroll it into
+    view and poll, or a loaded machine reads an empty table.
+    """
+    import time
+
     grid = page.locator("[data-testid='stDataFrame']").filter(has_text="actual normal").last
-    rows = grid.locator("table[role='grid'] tbody tr").evaluate_all(
-        "rows => rows.map(r => [...r.querySelectorAll('td')].map(td => td.textContent.trim()))"
-    )
-    by_name = {r[0]: [int(v) for v in r[1:]] for r in rows if r}
-    (tn, fp), (fn, tp) = by_name["actual normal"], by_name["actual pneumonia"]
-    return tn, fp, fn, tp
+    grid.scroll_into_view_if_needed()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = grid.locator("table[role='grid'] tbody tr").evaluate_all(
+            "rows => rows.map(r => [...r.querySelectorAll('td')].map(td => td.textContent.trim()))"
+        )
+        by_name = {r[0]: r[1:] for r in rows if r}
+        cells = [by_name.get("actual normal", []), by_name.get("actual pneumonia", [])]
+        if all(len(c) == 2 and all(v.isdigit() for v in c) for c in cells):
+            (tn, fp), (fn, tp) = ([int(v) for v in c] for c in cells)
+            return tn, fp, fn, tp
+        assert time.monotonic() < deadline, f"no confusion matrix in the table after {timeout_s:.0f} s: {rows}"
+        page.wait_for_timeout(250)
 
 
 def threshold_slider(page):
