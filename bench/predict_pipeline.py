@@ -102,9 +102,6 @@ def run(registry: Path, images: Path, n: int = 20, warmup: int = 2, threads: int
 
     if threads:
         torch.set_num_threads(threads)
-    from cxr_core.runtime import limit_blas_threads
-
-    limit_blas_threads()  # as the app does (pages/ui/loaders.py)
     statuses = list_entries(str(registry))
     predictor = Predictor.from_registry(str(registry), statuses=statuses)
     if "binary" not in predictor.classifiers:
