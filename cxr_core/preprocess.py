@@ -70,7 +70,10 @@ def to_input(batch_u8: torch.Tensor, spec: InputSpec) -> torch.Tensor:
 
 def image_to_input(gray: np.ndarray, spec: InputSpec) -> torch.Tensor:
     """One decoded grayscale image → a (1, C, S, S) model input."""
-    return to_input(torch.from_numpy(prepare(gray, spec))[None], spec)
+    x = prepare(gray, spec)
+    if not x.flags.writeable:  # torch warns on read-only memory (a cached or memory-mapped image)
+        x = x.copy()
+    return to_input(torch.from_numpy(x)[None], spec)
 
 
 def _affine(x01: torch.Tensor, angle: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
