@@ -6,6 +6,7 @@ REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP  := $(VENV)/.installed-$(REQ_HASH)
 PORT   ?= 8501
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: install run demo test lint browser-deps bench results clean-demo
 
@@ -41,8 +42,9 @@ test: install browser-deps
 lint: install
 	$(BIN)/ruff check .
 
-bench: install
-	$(BIN)/python -m bench.all
+## Every benchmark into docs/BENCHMARKS.md, e.g. BENCH_ARGS="--registry R --image X.jpeg".
+bench: install browser-deps
+	$(BIN)/python -m bench.report $(BENCH_ARGS)
 
 results: install
 	$(BIN)/python -m train.results
