@@ -27,9 +27,7 @@ from cxr_core.imaging import (
     decode_image,
     read_gray,
 )
-
-PHI_NAME = "Doe^Jane^Secret"
-PHI_ID = "PHI-9876543"
+from tests.upload_corpus import PHI_ID, PHI_NAME, dicom
 
 # ----------------------------------------------------------------------------- builders
 
@@ -69,54 +67,9 @@ def jpeg_with_size(data: bytes, width: int, height: int) -> bytes:
     return data[: i + 5] + struct.pack(">HH", height, width) + data[i + 9 :]
 
 
-def make_dicom(
-    pixels: np.ndarray,
-    *,
-    photometric: str = "MONOCHROME2",
-    bits_stored: int | None = None,
-    window: tuple[float, float] | None = None,
-    rescale: tuple[float, float] | None = None,
-    transfer_syntax: str | None = None,
-    with_pixels: bool = True,
-    preamble: bool = True,
-) -> bytes:
-    """A DX DICOM file built with pydicom, carrying fake patient identifiers."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    sop_class = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
-    ds = Dataset()
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientName = PHI_NAME
-    ds.PatientID = PHI_ID
-    ds.PatientBirthDate = "20190101"
-    ds.Modality = "DX"
-    if with_pixels:
-        ds.set_pixel_data(pixels, photometric, bits_stored or pixels.dtype.itemsize * 8)
-    else:
-        ds.Rows, ds.Columns = pixels.shape[:2]
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    if rescale is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = rescale
-    buf = io.BytesIO()
-    if preamble:
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop_class
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta = meta
-        if transfer_syntax is not None:
-            ds.compress(transfer_syntax)
-        ds.save_as(buf, enforce_file_format=True)
-    else:
-        # No preamble and no file meta: an old-style bare data set (implicit VR LE).
-        del ds.file_meta
-        ds.save_as(buf, implicit_vr=True, little_endian=True)
-    return buf.getvalue()
+def make_dicom(pixels: np.ndarray, *, with_pixels: bool = True, **kw) -> bytes:
+    """A DX DICOM file built with pydicom, carrying fake patient identifiers (``upload_corpus.dicom``)."""
+    return dicom(pixels if with_pixels else None, shape=pixels.shape[:2], **kw)
 
 
 def encapsulated_dicom(codestream: bytes, shape: tuple[int, int], bits: int, transfer_syntax: str) -> bytes:

@@ -74,12 +74,16 @@ def dicom(
     photometric: str = "MONOCHROME2",
     bits_stored: int | None = None,
     window: tuple[float, float] | None = None,
+    rescale: tuple[float, float] | None = None,
     preamble: bool = True,
     transfer_syntax: str | None = None,
+    shape: tuple[int, int] = (256, 256),
 ) -> bytes:
-    """A DX DICOM file carrying fake patient identifiers; ``pixels=None`` leaves out the pixel data.
+    """A DX DICOM file carrying fake patient identifiers; ``pixels=None`` leaves out the pixel data
+    (the header then says ``shape``).
 
-    A 3-D ``pixels`` (frames, rows, columns) makes a multi-frame file.
+    A 3-D ``pixels`` (frames, rows, columns) makes a multi-frame file. Without a preamble the file
+    is an old-style bare data set (implicit VR little endian, no file meta).
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -98,9 +102,11 @@ def dicom(
     if pixels is not None:
         ds.set_pixel_data(pixels, photometric, bits_stored or pixels.dtype.itemsize * 8)
     else:
-        ds.Rows, ds.Columns = 256, 256
+        ds.Rows, ds.Columns = shape
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
     buf = io.BytesIO()
     if preamble:
         meta = FileMetaDataset()
