@@ -33,6 +33,7 @@ from bench.browser import (
     CHROMIUM_ARGS,
     VIEWPORT,
     StreamlitServer,
+    box_select,
     box_with_clear_edges,
     chromium,
     errors_on_screen,
@@ -143,14 +144,7 @@ def _explorer_once(srv: StreamlitServer, browser: Any) -> dict[str, Any]:
         bx0, by0, bx1, by1 = x0 + 0.35 * w, y0 + 0.35 * h, x0 + 0.6 * w, y0 + 0.6 * h
         inside = {int(r) for x, y, r, _ in points if bx0 < x < bx1 and by0 < y < by1}
         out["box_exact"] = False
-    page.locator(CHART).first.hover()
-    page.locator(f"{CHART} .modebar-btn[data-val='select']").first.click()
-    page.mouse.move(bx0, by0)
-    page.mouse.down()
-    page.mouse.move(bx1, by1, steps=8)
-    since = mark(page)
-    page.mouse.up()
-    out["box_select_ms"] = settle(page, since, QUIET_MS, 600_000)
+    out["box_select_ms"] = box_select(page, (bx0, by0, bx1, by1), QUIET_MS, 600_000)
     out["box_selected_expected"] = len(inside)
     shown = page.get_by_text(" images selected")
     out["box_selected_shown"] = shown.first.inner_text() if shown.count() else None

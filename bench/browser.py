@@ -237,6 +237,20 @@ def act(page: Any, action: Any, quiet_ms: float = 0, timeout_ms: float = 180_000
     return settle(page, since, quiet_ms, timeout_ms)
 
 
+def box_select(page: Any, box: tuple[float, float, float, float], quiet_ms: float = 0,
+               timeout_ms: float = 180_000) -> float:
+    """Drag plotly's Box Select tool over ``box`` (x0, y0, x1, y1 in page pixels) on the first chart;
+    returns the ms from releasing the mouse to the end of the rerun it causes (see :func:`act`)."""
+    bx0, by0, bx1, by1 = box
+    page.locator(CHART).first.hover()
+    page.locator(f"{CHART} .modebar-btn[data-val='select']").first.click()
+    page.mouse.move(bx0, by0)
+    page.mouse.down()
+    page.mouse.move((bx0 + bx1) / 2, (by0 + by1) / 2, steps=4)
+    page.mouse.move(bx1, by1, steps=4)
+    return act(page, page.mouse.up, quiet_ms, timeout_ms)
+
+
 def new_context(browser: Any, timeout_ms: float = 120_000, **options: Any) -> Any:
     """A browser context with the standard viewport and the timing instrumentation in every page."""
     ctx = browser.new_context(**{"viewport": VIEWPORT, **options})

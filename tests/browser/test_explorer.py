@@ -11,6 +11,7 @@ from bench.browser import (
     CHART,
     StreamlitServer,
     act,
+    box_select,
     box_with_clear_edges,
     errors_on_screen,
     isolated_point,
@@ -54,14 +55,7 @@ def test_box_select_gallery_matches_the_points_inside(demo_app: StreamlitServer,
     _open_explorer(demo_app, page)
     points, plot = map_points(page)
     bx0, by0, bx1, by1, inside = box_with_clear_edges(points, plot)
-    chart = page.locator(CHART).first
-    chart.hover()
-    page.locator(f"{CHART} .modebar-btn[data-val='select']").first.click()  # plotly's "Box Select" tool
-    page.mouse.move(bx0, by0)
-    page.mouse.down()
-    page.mouse.move((bx0 + bx1) / 2, (by0 + by1) / 2, steps=5)
-    page.mouse.move(bx1, by1, steps=5)
-    act(page, page.mouse.up)
+    box_select(page, (bx0, by0, bx1, by1))  # plotly's "Box Select" tool, dragged with the mouse
     assert not errors_on_screen(page)
     main = page.locator("[data-testid='stMain']")
     shown = main.get_by_text(re.compile(r"^[\d,]+ images selected$"))
