@@ -299,6 +299,8 @@ def update_card(entry: Entry | str | os.PathLike, change: Callable[[dict[str, An
 
 def _read_card(path: Path) -> dict[str, Any]:
     card_path = path / CARD_NAME
+    if card_path.is_symlink():
+        raise RegistryError("card.json is a symbolic link")
     if not card_path.is_file():
         raise RegistryError("card.json is missing")
     try:
@@ -314,6 +316,10 @@ def verify_entry(path: str | os.PathLike, *, check_hashes: bool = True) -> Entry
     """Check an entry folder: card readable, schema known, every listed file present and intact."""
     p = Path(path)
     try:
+        # A link could make a verified-looking entry read anything the server can: files must be
+        # plain files inside the entry folder, and the folder itself must not be a link.
+        if p.is_symlink():
+            raise RegistryError("the entry folder is a symbolic link (entries must be real folders)")
         card = _read_card(p)
         entry_id = card.get("id")
         if entry_id != p.name:
@@ -328,6 +334,8 @@ def verify_entry(path: str | os.PathLike, *, check_hashes: bool = True) -> Entry
         for name, meta in files.items():
             _check_name(name, "file name", _FILE_RE)
             fp = p / name
+            if fp.is_symlink():
+                raise RegistryError(f"{name} is a symbolic link (registry files must be plain files in the entry)")
             if not fp.is_file():
                 raise RegistryError(f"{name} is missing")
             if fp.stat().st_size != meta.get("bytes"):

@@ -153,6 +153,52 @@ def test_card_listing_a_path_outside_its_entry_breaks_only_that_entry(tiny_regis
     assert files.touched(registry / "x") == []
 
 
+def test_registry_links_break_only_their_entry_and_are_never_followed(tiny_registry: Path, tmp_path: Path,
+                                                                       outside: Path, monkeypatch):
+    """A file swapped for a link to a file outside (card re-hashed to match, so only the link check
+    can catch it), a linked card and a linked entry folder: each marks its entry broken."""
+    from cxr_core.registry import sha256_file
+
+    registry = tmp_path / "registry"
+    shutil.copytree(tiny_registry, registry)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(tiny_registry, elsewhere)
+    statuses = list_entries(registry)
+    victim = next(s for s in statuses if s.card["task"] == "multiclass")
+    name = next(n for n in victim.card["files"] if n.endswith(".safetensors"))
+    target = outside / name
+    shutil.copy(victim.path / name, target)
+    (victim.path / name).unlink()
+    (victim.path / name).symlink_to(target)
+    card = json.loads((victim.path / "card.json").read_text())
+    card["files"][name] = {"sha256": sha256_file(target), "bytes": target.stat().st_size}
+    (victim.path / "card.json").write_text(json.dumps(card))
+    linked_dir = registry / (victim.id + "-linked")
+    other = next(s for s in statuses if s.card["task"] == "binary")
+    linked_dir.symlink_to(elsewhere / other.id, target_is_directory=True)
+
+    by_id = {s.id: s for s in list_entries(registry)}
+    assert not by_id[victim.id].ok and "symbolic link" in by_id[victim.id].reason
+    assert not by_id[linked_dir.name].ok and "symbolic link" in by_id[linked_dir.name].reason
+    assert by_id[other.id].ok
+
+    (victim.path / name).unlink()
+    shutil.copy(target, victim.path / name)
+    (victim.path / "card.json").rename(outside / "card.json")
+    (victim.path / "card.json").symlink_to(outside / "card.json")
+    assert "card.json is a symbolic link" in {s.id: s for s in list_entries(registry)}[victim.id].reason
+
+    monkeypatch.setenv("CXR_REGISTRY", str(registry))
+    with pytest.MonkeyPatch.context() as mp:
+        files = FileAccessRecorder().install(mp)
+        at = AppTest.from_file(str(REPO / "pages/1_Predict.py"), default_timeout=TIMEOUT).run()
+        at.file_uploader(key="upload").set_value(("chest.png", pil_bytes(phantom(128), "PNG"), "image/png"))
+        at.run()
+    assert not at.exception, at.exception
+    assert [m.label for m in at.metric] == ["Prediction"]  # the binary model still serves
+    assert files.touched(outside) == [] and files.touched(elsewhere) == []
+
+
 # ----------------------------------------------------------------------------- pages, statically
 
 READERS = {"read_gray", "decode_image", "open", "Image.open", "np.load", "imread", "dcmread", "read_bytes", "read_text"}
