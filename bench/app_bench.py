@@ -90,29 +90,61 @@ def startup(registry: Path, image: Path | None, browser: Any, log: Callable[[str
 # --- threshold slider -------------------------------------------------------------------------
 
 
+_SLIDER_PROBE = """() => {
+  // keydown -> the frame painted after it: the threshold panel redraws in the input event the key
+  // causes, so a rAF callback sees the new numbers and a task queued from it runs after the paint.
+  const root = document.querySelector('.cxr-thr'), range = root.querySelector('.thr-range');
+  window.__thr = [];
+  range.addEventListener('keydown', () => {
+    const t0 = performance.now(), before = root.querySelector("[data-m='flagged']").textContent + root.dataset.threshold;
+    requestAnimationFrame(() => setTimeout(() => {
+      const after = root.querySelector("[data-m='flagged']").textContent + root.dataset.threshold;
+      window.__thr.push([performance.now() - t0, after !== before]);
+    }, 0));
+  });
+}"""
+
+
 def slider(registry: Path, browser: Any, presses: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Key presses on the threshold panel's slider: how soon the new operating point is on screen
+    (the browser redraws it), and how long the commit's fragment rerun takes (Save state, example images)."""
     with StreamlitServer(registry) as srv:
         page = new_page(browser)
         open_page(page, srv.url, "Anomaly_threshold")
-        thumb = page.locator("[data-testid='stSlider']").filter(has_text="Threshold").get_by_role("slider")
-        if thumb.count() == 0:
-            return {"missing": "no threshold slider (no anomaly detector in the registry?)"}
-        n_scores = page.locator("[data-testid='stMetric']").filter(has_text="Flagged").inner_text().split("/")[-1]
-        lo, hi, v = (float(thumb.get_attribute(a)) for a in ("min", "max", "value"))
+        rng = page.locator(".cxr-thr .thr-range")
+        if rng.count() == 0:
+            return {"missing": "no threshold panel (no anomaly detector in the registry?)"}
+        n_scores = page.locator(".cxr-thr [data-m='flagged']").inner_text().split("/")[-1]
+        lo, hi, v = float(rng.get_attribute("min")), float(rng.get_attribute("max")), float(rng.input_value())
         key = "ArrowRight" if v < (lo + hi) / 2 else "ArrowLeft"
-        times = []
-        thumb.focus()
-        for i in range(presses + 1):
+        page.evaluate(_SLIDER_PROBE)
+        rng.focus()
+        commit = []
+        for i in range(presses + 1):  # one press at a time, each after the previous rerun is over
             since = mark(page)
-            thumb.press(key)
+            rng.press(key)
             ms = settle(page, since, QUIET_MS)
             if i:  # the first move warms the fragment's caches
-                times.append(ms)
-        flagged = page.locator("[data-testid='stMetric']").filter(has_text="Flagged").inner_text()
+                commit.append(ms)
+        idle = page.evaluate("window.__thr")[1:]
+        page.evaluate("window.__thr = []")
+        since = mark(page)
+        for _ in range(presses):  # a burst, as when a key is held: each press while reruns are in flight
+            rng.press(key)
+            page.wait_for_timeout(30)
+        settle(page, since, QUIET_MS)
+        burst = page.evaluate("window.__thr")
+        flagged = page.locator(".cxr-thr [data-m='flagged']").inner_text()
         page.context.close()
-    res = {"n_scores": n_scores.strip(), "ms": times, "p50_ms": pct(times, 50), "p95_ms": pct(times, 95),
-           "flagged_after": flagged.split("\n")[-1]}
-    log(f"  slider: p50 {res['p50_ms']:.0f} ms, p95 {res['p95_ms']:.0f} ms over {len(times)} key presses")
+    idle_ms, burst_ms = [t for t, _ in idle], [t for t, _ in burst]
+    res = {"n_scores": n_scores.strip(), "ms": idle_ms, "p50_ms": pct(idle_ms, 50), "p95_ms": pct(idle_ms, 95),
+           "burst_ms": burst_ms, "burst_p50_ms": pct(burst_ms, 50), "burst_p95_ms": pct(burst_ms, 95),
+           "changed": sum(c for _, c in idle + burst), "presses": len(idle) + len(burst),
+           "commit_ms": commit, "commit_p50_ms": pct(commit, 50), "commit_p95_ms": pct(commit, 95),
+           "flagged_after": flagged}
+    log(f"  slider: on screen p50 {res['p50_ms']:.0f} ms, p95 {res['p95_ms']:.0f} ms over {len(idle_ms)} presses; "
+        f"while reruns are in flight p50 {res['burst_p50_ms']:.0f} / p95 {res['burst_p95_ms']:.0f} ms; "
+        f"commit → fragment rerun done p50 {res['commit_p50_ms']:.0f} ms")
     return res
 
 
@@ -253,11 +285,16 @@ def markdown(res: dict[str, Any], command: str) -> str:
         if "missing" in s:
             lines += ["", f"### Threshold slider\n\nNot measured: {s['missing']}."]
         else:
-            verdict = "met" if s["p50_ms"] <= 100 else "NOT met"
+            verdict = "met" if s["p95_ms"] <= 100 and s["burst_p95_ms"] <= 100 else "NOT met"
             lines += ["", "### Threshold slider response", "",
-                      f"One arrow-key step of the threshold slider → fragment rerun → histogram, ROC, metrics "
-                      f"and confusion matrix updated, over {len(s['ms'])} steps, {s['n_scores']} scored images: "
-                      f"**p50 {s['p50_ms']:.0f} ms**, p95 {s['p95_ms']:.0f} ms (target ≤ 100 ms: {verdict})."]
+                      f"One arrow-key step of the threshold slider ({s['n_scores']} scored images) → histogram line, "
+                      f"ROC point, metrics and confusion matrix redrawn in the browser, from keydown to the painted "
+                      f"frame: **p50 {s['p50_ms']:.0f} ms, p95 {s['p95_ms']:.0f} ms** over {len(s['ms'])} steps; "
+                      f"while the previous steps' reruns are still in flight (a held key): p50 {s['burst_p50_ms']:.0f} ms, "
+                      f"p95 {s['burst_p95_ms']:.0f} ms over {len(s['burst_ms'])} steps (target ≤ 100 ms: {verdict}); "
+                      f"{s['changed']} of {s['presses']} frames showed the new value. The committed value's fragment "
+                      f"rerun (Save state, example images near the threshold) takes p50 {s['commit_p50_ms']:.0f} ms, "
+                      f"p95 {s['commit_p95_ms']:.0f} ms."]
     for key, title in (("explorer", "real set size"), ("explorer_scaled", "scaled")):
         if key not in res:
             continue

@@ -1,13 +1,14 @@
-"""Response time of the anomaly-threshold slider.
+"""Server-side cost of the anomaly-threshold page's operating point.
 
     python -m bench.threshold --registry registry-kermany     # a real detector's scores
     python -m bench.threshold --n 624 100000                  # synthetic scores of these sizes
 
-Times, per slider value, what the page's fragment does on a move: the O(log n)
-confusion counts (``ThresholdTable.metrics``), building the histogram and ROC figures
-and the confusion table, and serialising the figures to JSON (what ``st.plotly_chart``
-sends). With ``--apptest`` it also times a full AppTest rerun after ``slider.set_value``,
-an upper bound: AppTest reruns the whole page, the browser reruns only the fragment.
+The slider itself is answered in the browser (``pages/ui/threshold_panel.js``; its response is
+measured in chromium by ``python -m bench.app_bench --only slider``). What remains on the server
+runs once per committed value: the O(log n) confusion counts (``ThresholdTable.metrics``, for Save)
+and the panel's data (sorted scores, histogram, thinned ROC), whose JSON size is printed too. With
+``--apptest`` it also times a full AppTest rerun after a commit, an upper bound: AppTest reruns the
+whole page, the browser reruns only the fragment.
 """
 
 from __future__ import annotations
@@ -30,37 +31,37 @@ def _time(fn, reps: int) -> tuple[float, float]:
 
 
 def bench_arrays(y: np.ndarray, s: np.ndarray, label: str, reps: int) -> None:
-    import pandas as pd
+    import json
 
     from cxr_core.anomaly import ThresholdTable, histogram_data
-    from pages.ui.anomaly_views import histogram_figure, roc_figure
+    from pages.ui.threshold_panel import panel_data
 
     t0 = time.perf_counter()
     table = ThresholdTable(y, s)
     hist = histogram_data(y, s)
-    fpr, tpr = table.roc()
+    table.roc()
     setup = (time.perf_counter() - t0) * 1000
     thresholds = np.quantile(s, np.linspace(0.01, 0.99, reps))
     it = iter(np.resize(thresholds, reps * 4))
+    lo, hi = float(s.min()), float(s.max())
 
     def counts() -> None:
         table.metrics(float(next(it)))
 
-    def fragment() -> None:
+    def commit() -> None:
         t = float(next(it))
-        m = table.metrics(t)
-        h = histogram_figure(hist, t)
-        r = roc_figure(fpr, tpr, (m["fpr"], m["sensitivity"]), 0.9)
-        pd.DataFrame([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
-        h.to_json()
-        r.to_json()
+        table.metrics(t)
+        json.dumps(panel_data(table, hist, threshold=t, lo=lo, hi=hi, step=(hi - lo) / 1000, decimals=3,
+                              auroc=0.9, rev=0))
 
     c_med, c_max = _time(counts, reps)
-    f_med, f_max = _time(fragment, reps)
+    f_med, f_max = _time(commit, reps)
+    size = len(json.dumps(panel_data(table, hist, threshold=lo, lo=lo, hi=hi, step=(hi - lo) / 1000, decimals=3,
+                                     auroc=0.9, rev=0)))
     print(f"{label}: n={len(s):,}  setup (sort, histogram, ROC; once per detector/split) {setup:.1f} ms")
-    print(f"  confusion counts per move     median {c_med * 1000:.1f} µs   max {c_max * 1000:.1f} µs")
-    print(f"  fragment body per move        median {f_med:.1f} ms   max {f_max:.1f} ms"
-          "  (counts + 2 plotly figures + table + JSON)")
+    print(f"  confusion counts              median {c_med * 1000:.1f} µs   max {c_max * 1000:.1f} µs")
+    print(f"  server work per commit        median {f_med:.1f} ms   max {f_max:.1f} ms"
+          f"  (counts + the panel's data as JSON, {size / 1024:.0f} KiB)")
 
 
 def bench_apptest(registry: str, reps: int) -> None:
@@ -74,15 +75,19 @@ def bench_apptest(registry: str, reps: int) -> None:
     page = Path(__file__).resolve().parents[1] / "pages" / "3_Anomaly_threshold.py"
     at = AppTest.from_file(str(page), default_timeout=300).run()
     entry_id = at.selectbox(key="anomaly_entry").value
-    slider = at.slider(key=f"anomaly_thr::{entry_id}")
-    lo, hi = slider.min, slider.max
+    key = f"anomaly_thr::{entry_id}"
+    panel = next(e for e in at.get("bidi_component") if e.proto.component_name == "cxr_lens_threshold_panel")
+    import json
+
+    data = json.loads(panel.proto.json)
     times = []
-    for v in np.linspace(lo, hi, reps + 1)[1:]:
+    for v in np.linspace(data["min"], data["max"], reps + 1)[1:]:
         t0 = time.perf_counter()
-        at.slider(key=f"anomaly_thr::{entry_id}").set_value(float(v)).run()
+        at.session_state[key] = float(v)  # what the panel's commit callback stores
+        at.run()
         times.append((time.perf_counter() - t0) * 1000)
-    print(f"AppTest full-page rerun after a slider move ({entry_id}): median {statistics.median(times):.0f} ms, "
-          f"max {max(times):.0f} ms over {reps} moves (whole script incl. example images; the browser reruns only the fragment)")
+    print(f"AppTest full-page rerun after a commit ({entry_id}): median {statistics.median(times):.0f} ms, "
+          f"max {max(times):.0f} ms over {reps} values (whole script incl. example images; the browser reruns only the fragment)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from cxr_core.registry import RegistryError, update_card
-from pages.ui.anomaly_views import heatmap, histogram_figure, roc_figure
+from pages.ui.anomaly_views import heatmap
 from pages.ui.loaders import anomaly_detector, anomaly_detector_entries, anomaly_scores
+from pages.ui.threshold_panel import panel_data, threshold_panel
 from pages.ui.widgets import demo_banner
 
 st.set_page_config(page_title="Anomaly threshold · CXR Lens", page_icon="🫁", layout="wide")
@@ -73,7 +73,6 @@ lo, hi = min(values), max(values)
 span = (hi - lo) or 1.0
 step = span / 1000
 decimals = max(0, min(8, 3 - math.floor(math.log10(span))))
-fmt = f"%.{decimals}f"
 key = f"anomaly_thr::{entry_id}"
 
 
@@ -81,12 +80,22 @@ def _clamp(v: float) -> float:
     return float(min(max(v, lo), hi))
 
 
+rev_key = f"{key}::rev"  # bumped whenever the server, not the browser's slider, sets the threshold
+panel_key = f"anomaly_panel::{entry_id}::{split}"
 if key not in st.session_state:
     st.session_state[key] = _clamp(float(card.get("threshold", lo)))
+    st.session_state[rev_key] = 0
 
 
 def _set_threshold(value: float) -> None:
     st.session_state[key] = _clamp(value)
+    st.session_state[rev_key] = st.session_state.get(rev_key, 0) + 1
+
+
+def _committed() -> None:
+    value = (st.session_state.get(panel_key) or {}).get("committed")
+    if value is not None and np.isfinite(value):
+        st.session_state[key] = _clamp(float(value))
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
@@ -143,32 +152,13 @@ def operating_point() -> None:
         for col, (name, s) in zip(cols, suggestions.items(), strict=True):
             col.button(f"{s['label']}: {s['value']:.4g}", key=f"sugg::{entry_id}::{name}", help=s.get("note"),
                        on_click=_set_threshold, args=(float(s["value"]),), width="stretch")
-    threshold = st.slider("Threshold", min_value=lo, max_value=hi, step=step, format=fmt, key=key)
+    threshold = float(st.session_state[key])
     m = table.metrics(threshold)
-
-    left, right = st.columns([3, 2])
-    with left:
-        if hist is not None:
-            st.plotly_chart(histogram_figure(hist, threshold), width="stretch", key="anomaly_hist")
-    with right:
-        fpr, tpr = table.roc()
-        st.plotly_chart(roc_figure(fpr, tpr, (m["fpr"], m["sensitivity"]), auroc), width="stretch", key="anomaly_roc")
-
-    def pct(v: float) -> str:
-        return "n/a" if not np.isfinite(v) else f"{v:.1%}"
-
-    k1, k2, k3, k4, k5 = st.columns(5)
-    k1.metric("Sensitivity", pct(m["sensitivity"]))
-    k2.metric("Specificity", pct(m["specificity"]))
-    k3.metric("Precision", pct(m["precision"]))
-    k4.metric("F1", f"{m['f1']:.3f}")
-    k5.metric("Flagged", f"{m['flagged']} / {table.n_pos + table.n_neg}")
-    cm = pd.DataFrame(
-        [[m["tn"], m["fp"]], [m["fn"], m["tp"]]],
-        index=["actual normal", "actual pneumonia"],
-        columns=["passed (score < t)", "flagged (score ≥ t)"],
+    threshold_panel(
+        panel_data(table, hist, threshold=threshold, lo=lo, hi=hi, step=step, decimals=decimals, auroc=auroc,
+                   rev=st.session_state.get(rev_key, 0)),
+        key=panel_key, on_commit=_committed,
     )
-    st.dataframe(cm, width="content")
 
     saved = float(card.get("threshold", float("nan")))
     s1, s2 = st.columns([1, 3])

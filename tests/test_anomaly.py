@@ -206,12 +206,21 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _cm(at) -> list[list[int]]:
-    return at.dataframe[0].value.to_numpy().tolist()
+def _panel(at) -> dict:
+    """The data the live threshold panel (a components-v2 element) was mounted with."""
+    panels = [e for e in at.get("bidi_component") if e.proto.component_name == "cxr_lens_threshold_panel"]
+    assert len(panels) == 1, panels
+    return json.loads(panels[0].proto.json)
 
 
-def test_threshold_page_slider_updates_counts_and_save_writes_card(anomaly_registry, tmp_path, monkeypatch):
+def test_threshold_page_panel_commit_and_save_write_card(anomaly_registry, tmp_path, monkeypatch):
+    """The browser's live panel gets the sorted scores of the split and the committed threshold;
+    a commit (what the panel's trigger callback stores) reruns with it, Save writes it with the
+    metrics at that threshold, a suggestion button moves it and tells the panel to adopt it.
+    The panel's in-browser behaviour is tested in tests/browser/test_anomaly_threshold.py."""
     from streamlit.testing.v1 import AppTest
+
+    from cxr_core.anomaly import ThresholdTable
 
     reg = _copy(anomaly_registry, tmp_path / "reg")
     monkeypatch.setenv("CXR_REGISTRY", str(reg))
@@ -219,28 +228,45 @@ def test_threshold_page_slider_updates_counts_and_save_writes_card(anomaly_regis
     assert not at.exception, at.exception
     assert len(at.selectbox(key="anomaly_entry").options) == 3  # the OOD guard is not an anomaly detector
     entry_id = at.selectbox(key="anomaly_entry").value
-    slider = at.slider(key=f"anomaly_thr::{entry_id}")
-    lo, hi = slider.min, slider.max
-    slider.set_value(lo).run()
+    key = f"anomaly_thr::{entry_id}"
+    card = json.loads((reg / entry_id / "card.json").read_text())
+    z = np.load(reg / entry_id / "scores.npz", allow_pickle=False)
+    val = z["splits"] == "val"
+    table = ThresholdTable(z["labels"][val], z["scores"][val])
+
+    data = _panel(at)
+    assert data["neg"] == table.neg.tolist() and data["pos"] == table.pos.tolist()
+    assert data["threshold"] == pytest.approx(card["threshold"]) and data["rev"] == 0
+    assert data["min"] <= min(data["neg"] + data["pos"]) and data["max"] >= max(data["neg"] + data["pos"])
+    assert sum(data["hist"]["normal"]) == table.n_neg and sum(data["hist"]["anomalous"]) == table.n_pos
+    assert data["roc"]["fpr"][0] == 0 and data["roc"]["tpr"][-1] == 1
+
+    lo = data["min"]
+    at.session_state[key] = lo  # what the panel's commit callback stores
+    at.run()
     assert not at.exception, at.exception
-    low = _cm(at)
-    assert low[0][0] == 0 and low[1][0] == 0  # everything flagged at the minimum
-    at.slider(key=f"anomaly_thr::{entry_id}").set_value(hi).run()
-    high = _cm(at)
-    assert high != low and high[0][1] + high[1][1] <= 1  # at most the maximum itself is flagged
-    mid = lo + (hi - lo) * 0.5
-    at.slider(key=f"anomaly_thr::{entry_id}").set_value(mid).run()
+    assert _panel(at)["threshold"] == pytest.approx(lo) and _panel(at)["rev"] == 0  # the browser keeps its own value
+    assert _panel(at)["dataset"] == data["dataset"]  # same scores: the browser does not rebuild its charts
     at.button(key=f"save::{entry_id}").click().run()
     assert not at.exception, at.exception
-    card = json.loads((reg / entry_id / "card.json").read_text())
-    assert card["threshold"] == pytest.approx(mid)
-    assert card["threshold_source"]["name"] == "manual"
+    saved = json.loads((reg / entry_id / "card.json").read_text())
+    assert saved["threshold"] == pytest.approx(lo)
+    assert saved["threshold_source"]["name"] == "manual"
+    assert saved["threshold_source"]["at_threshold"]["sensitivity"] == 1.0  # everything flagged at the minimum
     assert verify_entry(reg / entry_id).ok
-    # A suggestion button moves the slider to its value.
+
+    # A suggestion button moves the threshold and bumps rev, so the browser adopts the value.
     sug = next(iter(card["thresholds"]["suggestions"]))
     at.button(key=f"sugg::{entry_id}::{sug}").click().run()
-    assert at.slider(key=f"anomaly_thr::{entry_id}").value == pytest.approx(
-        min(max(card["thresholds"]["suggestions"][sug]["value"], lo), hi))
+    want = min(max(card["thresholds"]["suggestions"][sug]["value"], data["min"]), data["max"])
+    assert at.session_state[key] == pytest.approx(want)
+    assert _panel(at)["threshold"] == pytest.approx(want) and _panel(at)["rev"] == 1
+
+    # The test split: other scores, so another dataset id and a panel of its own.
+    at.radio(key="anomaly_split").set_value("test").run()
+    test_data = _panel(at)
+    assert test_data["dataset"] != data["dataset"]
+    assert len(test_data["neg"]) + len(test_data["pos"]) == int((z["splits"] == "test").sum())
 
 
 def test_threshold_page_without_detectors(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from playwright.sync_api import expect
 
@@ -14,32 +15,16 @@ from bench.browser import StreamlitServer, act, errors_on_screen, mark, open_pag
 pytestmark = pytest.mark.browser
 
 
-def read_confusion(page, timeout_s: float = 60.0) -> tuple[int, int, int, int]:
-    """(tn, fp, fn, tp) from the confusion-matrix table (the grid's accessible copy of its canvas).
-
-    The grid fills that copy after it has drawn, and only once it is on screen: scroll it into
-    view and poll, or a loaded machine reads an empty table.
-    """
-    import time
-
-    grid = page.locator("[data-testid='stDataFrame']").filter(has_text="actual normal").last
-    grid.scroll_into_view_if_needed()
-    deadline = time.monotonic() + timeout_s
-    while True:
-        rows = grid.locator("table[role='grid'] tbody tr").evaluate_all(
-            "rows => rows.map(r => [...r.querySelectorAll('td')].map(td => td.textContent.trim()))"
-        )
-        by_name = {r[0]: r[1:] for r in rows if r}
-        cells = [by_name.get("actual normal", []), by_name.get("actual pneumonia", [])]
-        if all(len(c) == 2 and all(v.isdigit() for v in c) for c in cells):
-            (tn, fp), (fn, tp) = ([int(v) for v in c] for c in cells)
-            return tn, fp, fn, tp
-        assert time.monotonic() < deadline, f"no confusion matrix in the table after {timeout_s:.0f} s: {rows}"
-        page.wait_for_timeout(250)
+def read_confusion(page) -> tuple[int, int, int, int]:
+    """(tn, fp, fn, tp) as the live panel shows them."""
+    cells = [page.locator(f".cxr-thr [data-cm='{k}']").inner_text() for k in ("tn", "fp", "fn", "tp")]
+    assert all(c.isdigit() for c in cells), cells
+    tn, fp, fn, tp = (int(c) for c in cells)
+    return tn, fp, fn, tp
 
 
 def threshold_slider(page):
-    return page.locator("[data-testid='stSlider']").filter(has_text="Threshold").get_by_role("slider")
+    return page.locator(".cxr-thr .thr-range")
 
 
 def _value(page) -> float:
@@ -55,13 +40,21 @@ def _card(registry: Path, entry_id: str) -> dict:
     return json.loads((registry / entry_id / "card.json").read_text())
 
 
+def _table(registry: Path, entry_id: str):
+    from cxr_core.anomaly import ThresholdTable
+
+    with np.load(registry / entry_id / "scores.npz", allow_pickle=False) as z:
+        val = z["splits"] == "val"
+        return ThresholdTable(z["labels"][val], z["scores"][val])
+
+
 def move_slider(page, key: str, presses: int) -> None:
-    """Key presses on the focused slider thumb, then wait until every rerun they caused is over."""
-    thumb = threshold_slider(page)
-    thumb.focus()
+    """Key presses on the focused slider, then wait until every fragment rerun their commits caused is over."""
+    slider = threshold_slider(page)
+    slider.focus()
     since = mark(page)
     for _ in range(presses):
-        thumb.press(key)
+        slider.press(key)
     # Several presses can queue several reruns: a quiet second means the last one has drawn.
     settle(page, since, quiet_ms=1000)
 
@@ -73,13 +66,15 @@ def test_slider_changes_confusion_matrix_and_save_writes_card(demo_app: Streamli
     assert not errors_on_screen(page)
     entry_id = selected_entry(page)
     original = _card(demo_registry, entry_id)
+    table = _table(demo_registry, entry_id)
     saved_before = float(original["threshold"])
     slider = threshold_slider(page)
     lo, hi = float(slider.get_attribute("min")), float(slider.get_attribute("max"))
     value0 = _value(page)
     cm0 = read_confusion(page)
     n = sum(cm0)
-    assert n > 2
+    assert n == table.n_pos + table.n_neg
+    assert cm0 == table.counts(saved_before), (cm0, table.counts(saved_before))
 
     # To the far end away from the saved value: flagged counts (fp + tp) move monotonically with it.
     up = value0 < (lo + hi) / 2
@@ -87,17 +82,27 @@ def test_slider_changes_confusion_matrix_and_save_writes_card(demo_app: Streamli
     value1 = _value(page)
     cm1 = read_confusion(page)
     assert (value1 > value0) if up else (value1 < value0), (value0, value1)
-    assert sum(cm1) == n
     assert cm1 != cm0, f"confusion matrix unchanged after moving the threshold {value0} → {value1}: {cm1}"
     flagged0, flagged1 = cm0[1] + cm0[3], cm1[1] + cm1[3]
     assert (flagged1 < flagged0) if up else (flagged1 > flagged0), (cm0, cm1)
-    metric = page.locator("[data-testid='stMetric']").filter(has_text="Flagged").inner_text()
-    assert f"{flagged1} / {n}" in metric, metric
+    assert page.locator(".cxr-thr [data-m='flagged']").inner_text() == f"{flagged1} / {n}"
 
-    # Arrow keys: one slider step per press, a few dozen steps back from the end.
-    move_slider(page, "ArrowLeft" if up else "ArrowRight", 40)
+    # Arrow keys: one step per press; after each, the browser's counts are Python's at that value.
+    slider.focus()
+    for _ in range(6):
+        for _ in range(7):
+            slider.press("ArrowLeft" if up else "ArrowRight")
+        v = _value(page)
+        assert read_confusion(page) == table.counts(v), (v, read_confusion(page), table.counts(v))
+        m = table.metrics(v)
+        shown = page.locator(".cxr-thr [data-m='sensitivity']").inner_text()
+        assert shown == ("n/a" if not np.isfinite(m["sensitivity"]) else f"{100 * m['sensitivity']:.1f}%"), shown
     value2 = _value(page)
     assert (value2 < value1) if up else (value2 > value1), (value1, value2)
+    since = mark(page)
+    slider.press("ArrowLeft" if up else "ArrowRight")  # one more commit, and wait for its rerun
+    settle(page, since, quiet_ms=1000)
+    value2 = _value(page)
     assert not errors_on_screen(page)
 
     try:
@@ -107,6 +112,14 @@ def test_slider_changes_confusion_matrix_and_save_writes_card(demo_app: Streamli
         assert not math.isclose(saved_after, saved_before), (saved_before, saved_after)
         assert math.isclose(saved_after, value2, rel_tol=1e-6, abs_tol=1e-9), (saved_after, value2)
         assert _card(demo_registry, entry_id)["threshold_source"]["set_on_page"] is True
+        assert _value(page) == value2  # the rerun after Save did not pull the slider back
+
+        # A suggestion button sets the threshold on the server: the panel adopts it.
+        sug = next(iter(original["thresholds"]["suggestions"].values()))
+        want = min(max(float(sug["value"]), lo), hi)
+        act(page, page.get_by_role("button", name=f"{sug['label']}: {sug['value']:.4g}").click)
+        assert float(page.locator(".cxr-thr").get_attribute("data-threshold")) == pytest.approx(want)
+        assert read_confusion(page) == table.counts(want)
     finally:
         # Other tests share this registry: put the card back as it was.
         update_card(demo_registry / entry_id, lambda c: (c.clear(), c.update(original)))
