@@ -7,7 +7,7 @@ decode (``decode_image`` on the file's bytes) → both classifiers through ``Pre
 (preprocess + forward + embedding) → Grad-CAM of the binary model for its predicted class from
 the feature map the classification pass kept, as the page does (``Explainer.explain_features``) → K nearest reference images (``neighbors.KnnIndex`` over the
 classifier's ``index.npz``, when the registry has one) → every healthy-only anomaly detector
-(``LoadedDetector.score``) and the OOD guard (``OODGuard.check``). The reference: the binary
+(``LoadedDetector.score``; the page leaves out one worse than chance on validation) and the OOD guard (``OODGuard.check``). The reference: the binary
 model's forward on an already prepared 1×3×S×S tensor under ``inference_mode``.
 
 The figures are medians over images after warm-up; the ratio is the median per-image
@@ -49,6 +49,7 @@ class PipelineResult:
     notes: list[str] = field(default_factory=list)
     input_size: int | None = None
     forward_hot: float | None = None  # seconds: the same forward repeated back to back (caches warm)
+    ab: dict[str, list[float]] = field(default_factory=dict)  # --blas-ab: seconds per image per arm
 
     def median(self, xs: list[float]) -> float:
         return statistics.median(xs) if xs else float("nan")
@@ -82,17 +83,17 @@ def _knn_stage(predictor: Any) -> tuple[Callable[[np.ndarray], Any] | None, str]
     map_name = next((m for m in ("umap_2d", "tsne_2d") if m in ref.maps), None)
 
     def query(emb: np.ndarray) -> Any:
-        nb = ref.knn.query(emb, ref.k)
+        nb = ref.knn.query(emb, ref.k + 1)  # as the page: one spare in case the upload is a reference
         if map_name is not None:
-            ref.place(emb, map_name, ref.k)
+            ref.place(emb, map_name, ref.k, neighbors=nb)
         return nb
 
     return query, f"{len(ref):,} references, K={ref.k}" + (f", placed on {map_name}" if map_name else "")
 
 
 def run(registry: Path, images: Path, n: int = 20, warmup: int = 2, threads: int | None = None,
-        log: Callable[[str], None] = print) -> PipelineResult:
-    from cxr_core.anomaly import anomaly_entries, load_detector, shared_backbone
+        log: Callable[[str], None] = print, blas_ab: bool = False) -> PipelineResult:
+    from cxr_core.anomaly import anomaly_entries, load_detector, shared_backbone, worse_than_chance
     from cxr_core.config import DecodeLimits
     from cxr_core.explain import Explainer
     from cxr_core.imaging import decode_image
@@ -102,6 +103,16 @@ def run(registry: Path, images: Path, n: int = 20, warmup: int = 2, threads: int
 
     if threads:
         torch.set_num_threads(threads)
+    from threadpoolctl import threadpool_limits
+
+    from cxr_core.runtime import limit_blas_threads
+
+    if blas_ab:  # both arms below, interleaved per image; the default BLAS threads are the other arm
+        default_blas = threadpool_limits(limits=None)
+        uncapped = lambda: threadpool_limits(limits=default_blas.get_original_num_threads())  # noqa: E731
+        capped = lambda: threadpool_limits(limits=1, user_api="blas")  # noqa: E731
+    else:
+        limit_blas_threads()  # as the app does (pages/ui/loaders.py)
     statuses = list_entries(str(registry))
     predictor = Predictor.from_registry(str(registry), statuses=statuses)
     if "binary" not in predictor.classifiers:
@@ -114,7 +125,12 @@ def run(registry: Path, images: Path, n: int = 20, warmup: int = 2, threads: int
         res.missing.append(f"KNN: {knn_note}")
     else:
         res.notes.append(f"KNN over {knn_note}")
-    detectors = [load_detector(e) for e in anomaly_entries(statuses)]
+    # As the Predict page: a detector worse than chance on validation is named there, not run.
+    skipped = [e for e in anomaly_entries(statuses) if worse_than_chance(e)]
+    detectors = [load_detector(e) for e in anomaly_entries(statuses) if not worse_than_chance(e)]
+    for e in skipped:
+        res.notes.append(f"not run, as on the Predict page: `{e.card.get('name', e.id)}` is worse than chance on "
+                         f"validation (AUROC {e.card['metrics']['val']['auroc']:.3f})")
     feature_passes = {
         f"{d.features.cfg.architecture}_{d.spec.size}px": (d.features.cfg.architecture, d.spec, d.features.cfg.layers[0])
         for d in detectors if d.features is not None
@@ -131,7 +147,8 @@ def run(registry: Path, images: Path, n: int = 20, warmup: int = 2, threads: int
         res.missing.append("OOD guard: no `detector/ood` entry")
 
     files = _images(images, n + warmup)
-    for i, path in enumerate(files):
+
+    def one(path: Path) -> tuple[dict[str, float], float, Any]:
         raw = path.read_bytes()
         t: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -152,8 +169,10 @@ def run(registry: Path, images: Path, n: int = 20, warmup: int = 2, threads: int
         # The feature detectors and the OOD guard share one memoised backbone pass per image: timed
         # on its own so that it is not charged to whichever detector happens to run first.
         for key, (arch, spec, layer) in feature_passes.items():
+            backbone = shared_backbone(arch)
+            backbone._memo.clear()  # the A/B runs each image twice: both arms pay the pass
             t6 = time.perf_counter()
-            shared_backbone(arch).extract_all(prepare(decoded.array, spec)[None], [layer])
+            backbone.extract_all(prepare(decoded.array, spec)[None], [layer])
             t[f"pretrained_features_{key}"] = time.perf_counter() - t6
         for det in detectors:
             t3 = time.perf_counter()
@@ -163,7 +182,6 @@ def run(registry: Path, images: Path, n: int = 20, warmup: int = 2, threads: int
             t4 = time.perf_counter()
             guard.check(decoded.array, original_shape=decoded.original_shape, raw=raw)
             t["ood_guard"] = time.perf_counter() - t4
-        total = sum(t.values())
         # The reference, on the same image right after: prepared tensor → logits, nothing else.
         x = to_input(torch.from_numpy(prepare(decoded.array, binary.spec)[None].copy()), binary.spec)
         x = x.contiguous(memory_format=torch.channels_last)  # as inference.infer feeds the model
@@ -173,7 +191,20 @@ def run(registry: Path, images: Path, n: int = 20, warmup: int = 2, threads: int
                 t5 = time.perf_counter()
                 binary.model(x)
                 fwds.append(time.perf_counter() - t5)
-        fwd = statistics.median(fwds)
+        return t, statistics.median(fwds), x
+
+    for i, path in enumerate(files):
+        if blas_ab:
+            arms = [("capped", capped), ("uncapped", uncapped)][:: 1 if i % 2 == 0 else -1]
+            for name, limits in arms:
+                with limits():
+                    t, fwd, x = one(path)
+                if i >= warmup:
+                    res.ab.setdefault(name, []).append(sum(t.values()))
+                    res.ab.setdefault(f"{name}_forward", []).append(fwd)
+            continue
+        t, fwd, x = one(path)
+        total = sum(t.values())
         if i < warmup:
             continue
         for k, v in t.items():
@@ -182,6 +213,8 @@ def run(registry: Path, images: Path, n: int = 20, warmup: int = 2, threads: int
         res.forward.append(fwd)
         res.n_images += 1
         log(f"  {path.name}: whole {total * 1000:.0f} ms, forward {fwd * 1000:.0f} ms")
+    if blas_ab:
+        return res
     # The in-loop reference runs right after the other networks, caches cold; a forward repeated
     # back to back is the cheapest it gets, and the stricter yardstick for the ratio.
     with torch.inference_mode():
@@ -239,13 +272,25 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-n", type=int, default=20, help="images measured after warm-up")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--blas-ab", action="store_true",
+                   help="A/B of the serving BLAS cap (cxr_core.runtime): each image through the whole pipeline "
+                        "with one BLAS thread and with the default, interleaved, in one process")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     ns = parse(argv)
-    res = run(Path(ns.registry), Path(ns.images), ns.n, ns.warmup, ns.threads)
+    res = run(Path(ns.registry), Path(ns.images), ns.n, ns.warmup, ns.threads, blas_ab=ns.blas_ab)
     cmd = "python -m bench.predict_pipeline " + " ".join(argv if argv is not None else sys.argv[1:])
+    if ns.blas_ab:
+        med = statistics.median
+        a, b = res.ab["capped"], res.ab["uncapped"]
+        paired = med(u / c for c, u in zip(a, b, strict=True))
+        print(f"`{cmd.strip()}`: whole pipeline per image, median of {len(a)} images, arms interleaved: "
+              f"one BLAS thread {med(a) * 1000:.1f} ms (forward {med(res.ab['capped_forward']) * 1000:.1f} ms), "
+              f"default BLAS threads {med(b) * 1000:.1f} ms (forward {med(res.ab['uncapped_forward']) * 1000:.1f} ms); "
+              f"uncapped / capped per image: median {paired:.2f}x")
+        return 0
     print(markdown(res, cmd.strip()))
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     return 0

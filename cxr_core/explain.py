@@ -217,6 +217,7 @@ class Explainer:
         # model's layer: two calls at once would each record the other's activations and gradients.
         self._lock = threading.Lock()
         self._layer_is_features: bool | None = None
+        self._weighting: dict[str, Any] = {}  # method -> a hook-free library CAM object (its weighting only)
 
     @classmethod
     def from_loaded(cls, clf: Any, target_layer: str | None = None, copy_model: bool = True) -> Explainer:
@@ -294,8 +295,10 @@ class Explainer:
             (grads,) = torch.autograd.grad(chosen(outputs[0]), acts)
             # The library's own weighting (Grad-CAM or Grad-CAM++) on these activations and gradients;
             # its hooks are released at once, the forward/backward above replaces its loop.
-            cam = METHODS[method](model=self.model, target_layers=[self.layer])
-            cam.activations_and_grads.release()
+            cam = self._weighting.get(method)
+            if cam is None:  # built once per method: the constructor walks every module (model.eval())
+                cam = self._weighting[method] = METHODS[method](model=self.model, target_layers=[self.layer])
+                cam.activations_and_grads.release()
             a_np, g_np = acts.detach().cpu().numpy(), grads.cpu().numpy()
             signed = cam.get_cam_image(None, self.layer, [chosen], a_np, g_np)
         size = (self.spec.size, self.spec.size)

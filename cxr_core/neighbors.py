@@ -252,11 +252,19 @@ class ReferenceSet:
         hits = np.nonzero(np.char.find(np.char.lower(self.paths), text) >= 0)[0]
         return hits[:limit]
 
-    def place(self, vector: np.ndarray, map_name: str, k: int | None = None) -> np.ndarray:
-        """Coordinates of an embedding on one of the stored maps (from its K nearest rows)."""
+    def place(self, vector: np.ndarray, map_name: str, k: int | None = None, *,
+              neighbors: Neighbors | None = None) -> np.ndarray:
+        """Coordinates of an embedding on one of the stored maps (from its K nearest rows).
+
+        ``neighbors``: the vector's nearest rows from an earlier :meth:`KnnIndex.query` with at
+        least ``k`` columns (the Predict page has them already): saves a second pass over the index.
+        """
         from .projection import place
 
-        return place(self.maps[map_name], self.knn.query(vector, k))[0]
+        k = k or self.k
+        if neighbors is None or neighbors.ids.shape[1] < k:
+            neighbors = self.knn.query(vector, k)
+        return place(self.maps[map_name], Neighbors(neighbors.ids[:1, :k], neighbors.dist[:1, :k]))[0]
 
     def image(self, row: int) -> np.ndarray:
         """The full-size grayscale image of a row, or its thumbnail when the dataset is not reachable."""

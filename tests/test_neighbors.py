@@ -217,5 +217,10 @@ def test_reindex_keeps_weights_and_reference_set_places_rows(indexed_registry, s
     assert sorted(ref.maps) == ["tsne_2d"] and ref.thumbs.shape[1:] == (32, 32)
     for row in (0, len(ref) // 2, len(ref) - 1):
         np.testing.assert_allclose(ref.place(ref.knn.embeddings[row], "tsne_2d"), ref.maps["tsne_2d"][row], atol=1e-4)
+    # The Predict page reuses its K+1 neighbours for the placement: the same point as a fresh query.
+    rng = np.random.default_rng(0)
+    for v in rng.normal(size=(3, ref.knn.embeddings.shape[1])).astype(np.float32):
+        nb = ref.knn.query(v, ref.k + 1)
+        np.testing.assert_array_equal(ref.place(v, "tsne_2d", ref.k, neighbors=nb), ref.place(v, "tsne_2d", ref.k))
     assert ref.find(str(ref.paths[3]).rsplit("/", 1)[-1].upper()).tolist()[:1] == [3]
     assert ref.image(0).ndim == 2

@@ -9,6 +9,10 @@ import streamlit as st
 
 from cxr_core.predict import Predictor
 from cxr_core.registry import EntryStatus, list_entries, registry_root
+from cxr_core.runtime import limit_blas_threads
+
+# Once per server process (this module is imported once): see cxr_core.runtime for the measurement.
+limit_blas_threads()
 
 
 def registry_path() -> Path:

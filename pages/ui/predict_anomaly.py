@@ -85,9 +85,19 @@ def render(decoded: DecodedImage, prediction: Any) -> None:
     if not detectors:
         st.caption("No healthy-only anomaly detector in the registry (`python -m train.anomaly`).")
         return
+    from cxr_core.anomaly import worse_than_chance
+
+    useful = [e for e in detectors if not worse_than_chance(e)]
+    inverted = [e for e in detectors if worse_than_chance(e)]
     st.caption("Healthy-only detectors: fitted on NORMAL training images only; the histogram shows validation "
                "scores (blue normal, red pneumonia), the dashed line the saved threshold, the purple line this image.")
-    for entry in detectors:
+    if inverted:
+        # Its score reads backwards (pneumonia scores lower than healthy films): "within the healthy
+        # range" would mislead, so it is not computed here. The threshold page shows it in full.
+        st.caption("Not scored here, worse than chance on validation: " + "; ".join(
+            f"{e.card.get('name', e.id)} (AUROC {e.card['metrics']['val']['auroc']:.3f})" for e in inverted)
+            + ". The Anomaly threshold page shows why.")
+    for entry in useful:
         try:
             render_detector(entry, decoded)
         except Exception as e:  # one broken detector must not hide the others

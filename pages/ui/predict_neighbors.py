@@ -38,7 +38,7 @@ def _render(prediction: Any) -> None:
                  f"{np.asarray(emb).shape[-1]}: rebuild the index with `python -m train.index {entry_id} --data DIR`.")
         return
     k = int(st.columns([1, 4])[0].number_input("Neighbours (K)", 1, min(50, len(ref)), min(ref.k, len(ref)), key="predict_k"))
-    nb = ref.knn.query(np.asarray(emb), min(k + 1, len(ref)))
+    nb = found = ref.knn.query(np.asarray(emb), min(k + 1, len(ref)))
     same = nb.dist[0] <= 10 * EXACT
     if same.any():
         # The upload is a reference image: its own label would decide the vote, so it is left out.
@@ -59,7 +59,7 @@ def _render(prediction: Any) -> None:
     if map_name is None:
         return
     last = st.session_state.get("last_prediction") or {}
-    pos = ref.place(np.asarray(emb), map_name, k)
+    pos = ref.place(np.asarray(emb), map_name, k, neighbors=found)  # self included: a reference lands on its point
     fig = scatter_figure(ref, map_name, "label", upload=(str(last.get("name", "upload")), pos), marker_size=3, height=360)
     st.markdown("**Position on the embedding map**")
     st.plotly_chart(fig, key="predict_map", width="stretch", config={"displaylogo": False})
