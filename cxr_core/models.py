@@ -190,6 +190,17 @@ def gradcam_layer_choices(architecture: str) -> dict[str, str | None]:
     return choices
 
 
+def model_stages(model: nn.Module, architecture: str) -> tuple[list[nn.Module], list[nn.Module], list[nn.Module]]:
+    """(stem modules, stage modules, modules between the last stage and pooling)."""
+    if architecture.startswith("tf_efficientnet_lite"):
+        return [model.conv_stem, model.bn1], list(model.blocks), [model.conv_head, model.bn2]
+    if architecture.startswith("resnet"):
+        return [model.conv1, model.bn1, model.act1, model.maxpool], [model.layer1, model.layer2, model.layer3, model.layer4], []
+    if architecture == "small_cnn":
+        return [], list(model.features), []
+    raise ValueError(f"freezing stages is not implemented for {architecture}")
+
+
 # --- state-dict loading ------------------------------------------------------------------
 
 _LUKEMELAS_TOP = {

@@ -62,11 +62,48 @@ def decide(task: str, classes: list[str], probs: np.ndarray, threshold: float) -
     return classes[idx], float(probs[idx])
 
 
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def shared_trunk_depth(a: LoadedClassifier, b: LoadedClassifier) -> int:
+    """How many leading stages (after the stem) two classifiers share bit for bit; 0 for none.
+
+    Classifiers trained with frozen pretrained stages (``freeze_stages``, the CPU recipe) carry
+    identical copies of them: one pass through the common trunk then serves both. Compared on
+    the weights themselves, not on what the cards say.
+    """
+    from .models import _unwrap, model_stages
+
+    arch = a.entry.card.get("architecture")
+    if arch != b.entry.card.get("architecture") or a.spec != b.spec:
+        return 0
+    try:
+        stem_a, stages_a, _ = model_stages(_unwrap(a.model), arch)
+        stem_b, stages_b, _ = model_stages(_unwrap(b.model), arch)
+    except ValueError:
+        return 0
+    if not stem_a or not all(_same_weights(x, y) for x, y in zip(stem_a, stem_b, strict=True)):
+        return 0
+    depth = 0
+    for x, y in zip(stages_a, stages_b, strict=True):
+        if not _same_weights(x, y):
+            break
+        depth += 1
+    return depth
+
+
 class Predictor:
     """The registry's classifiers, loaded once, applied to one image at a time."""
 
     def __init__(self, classifiers: dict[str, LoadedClassifier]):
         self.classifiers = classifiers
+        tasks = list(classifiers)
+        #: Leading stages every classifier shares (see :func:`shared_trunk_depth`); 0 when none.
+        self.trunk_depth = (
+            shared_trunk_depth(classifiers[tasks[0]], classifiers[tasks[1]]) if len(tasks) == 2 else 0
+        )
 
     @classmethod
     def from_registry(cls, root: str | None = None, statuses: list[EntryStatus] | None = None) -> Predictor:
@@ -85,6 +122,35 @@ class Predictor:
     def embedding_model(self) -> LoadedClassifier | None:
         return self.classifiers.get("binary") or self.classifiers.get("multiclass")
 
+    def _shared_pass(self, gray: np.ndarray) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, torch.Tensor]], dict[str, float]]:
+        """Both classifiers through their common trunk once: {task: (probs, embedding, feature map)}."""
+        from .models import _unwrap, logits_to_probs, model_stages
+        from .preprocess import normalize, to_float
+
+        first = next(iter(self.classifiers.values()))
+        arch = first.entry.card["architecture"]
+        t0 = time.perf_counter()
+        x = prepare(gray, first.spec)
+        t1 = time.perf_counter()
+        h = normalize(to_float(torch.from_numpy(x[None].copy())), first.spec).contiguous(memory_format=torch.channels_last)
+        stem, stages, _ = model_stages(_unwrap(first.model), arch)
+        for m in [*stem, *stages[: self.trunk_depth]]:
+            h = m(h)
+        t2 = time.perf_counter()
+        out, timings = {}, {"preprocess_shared": t1 - t0, "classify_shared_trunk": t2 - t1}
+        for task, clf in self.classifiers.items():
+            t3 = time.perf_counter()
+            net = _unwrap(clf.model)
+            _, stages_t, post = model_stages(net, arch)
+            f = h
+            for m in [*stages_t[self.trunk_depth :], *post]:
+                f = m(f)
+            emb = net.forward_head(f, pre_logits=True)
+            probs = logits_to_probs(net.forward_head(f).float(), task)
+            out[task] = (probs.cpu().numpy(), emb.float().cpu().numpy(), f.float().cpu())
+            timings[f"classify_{task}"] = time.perf_counter() - t3
+        return out, timings
+
     @torch.inference_mode()
     def predict(self, gray: np.ndarray, tta: int = 1) -> Prediction:
         results: dict[str, TaskResult] = {}
@@ -92,20 +158,28 @@ class Predictor:
         embedding, emb_entry = None, None
         feature_maps: dict[str, torch.Tensor] = {}
         emb_model = self.embedding_model()
+        shared: dict[str, tuple[np.ndarray, np.ndarray, torch.Tensor]] = {}
+        if self.trunk_depth and tta == 1:  # with TTA each view runs the full networks (rarely used; simpler)
+            shared, timings = self._shared_pass(gray)
         for task, clf in self.classifiers.items():
-            t0 = time.perf_counter()
-            x = prepare(gray, clf.spec)
-            t1 = time.perf_counter()
             want = clf is emb_model
-            kept: list[torch.Tensor] = []
-            probs, emb = infer(clf.model, x[None], clf.spec, task, tta=tta, want_embeddings=True, keep_features=kept)
-            if kept:
-                feature_maps[task] = kept[0]
-            t2 = time.perf_counter()
+            t0 = t1 = t2 = time.perf_counter()
+            if task in shared:
+                probs, emb, fmap = shared[task]
+                feature_maps[task] = fmap
+            else:
+                x = prepare(gray, clf.spec)
+                t1 = time.perf_counter()
+                kept: list[torch.Tensor] = []
+                probs, emb = infer(clf.model, x[None], clf.spec, task, tta=tta, want_embeddings=True, keep_features=kept)
+                if kept:
+                    feature_maps[task] = kept[0]
+                t2 = time.perf_counter()
             label, conf = decide(task, clf.classes, probs[0], clf.threshold)
             results[task] = TaskResult(task, clf.entry.id, clf.classes, [float(p) for p in probs[0]], label, conf, clf.threshold, tta)
-            timings[f"preprocess_{task}"] = t1 - t0
-            timings[f"classify_{task}"] = t2 - t1
+            if task not in shared:
+                timings[f"preprocess_{task}"] = t1 - t0
+                timings[f"classify_{task}"] = t2 - t1
             if want and emb is not None:
                 v = emb[0].astype(np.float32)
                 embedding, emb_entry = v / max(float(np.linalg.norm(v)), 1e-12), clf.entry.id

@@ -40,6 +40,7 @@ from torch import nn
 from .config import TASK_CLASSES, AugmentConfig, InputSpec
 from .data import Dataset, check_patient_leakage, load_images, read_dataset, with_validation_split
 from .metrics import binary_metrics, roc_points, task_metrics, youden_threshold
+from .models import model_stages as _stages
 from .preprocess import augment, normalize, prepare, to_float, tta_views
 
 BALANCE_CHOICES = ("none", "oversample", "undersample", "class-weights")
@@ -242,6 +243,7 @@ def report_metrics(
 # --- frozen trunk / trainable tail --------------------------------------------------------------
 
 
+
 class _Tail(nn.Module):
     """The trainable end of a network: stages after the cut, the last conv, pooling, dropout, classifier.
 
@@ -261,17 +263,6 @@ class _Tail(nn.Module):
         if self.drop > 0:
             x = F.dropout(x, p=self.drop, training=self.training)
         return self.classifier(x)
-
-
-def _stages(model: nn.Module, architecture: str) -> tuple[list[nn.Module], list[nn.Module], list[nn.Module]]:
-    """(stem modules, stage modules, modules between the last stage and pooling)."""
-    if architecture.startswith("tf_efficientnet_lite"):
-        return [model.conv_stem, model.bn1], list(model.blocks), [model.conv_head, model.bn2]
-    if architecture.startswith("resnet"):
-        return [model.conv1, model.bn1, model.act1, model.maxpool], [model.layer1, model.layer2, model.layer3, model.layer4], []
-    if architecture == "small_cnn":
-        return [], list(model.features), []
-    raise ValueError(f"freezing stages is not implemented for {architecture}")
 
 
 def num_stages(model: nn.Module, architecture: str) -> int:
