@@ -8,11 +8,11 @@ Every run times, back to back on the same 224x224 grayscale phantom (so load dri
 machine hits all of them alike):
 
 - ``forward``: ``model(x)`` under ``torch.inference_mode()``, as the Predict page infers;
-- ``gradcam`` / ``gradcam++``: ``Explainer.explain`` end to end (preprocess, forward, backward
-  through the head only, CAM, map on the original image);
-- ``page``: ``Explainer.explain_features`` from the feature map the prediction's own forward
-  pass kept, i.e. the Grad-CAM cost the Predict page adds on top of classifying (head forward +
-  backward, CAM, map on the original image);
+- ``gradcam`` / ``gradcam++``: ``Explainer.explain`` end to end at the default layer
+  (preprocess, forward, backward down to that layer, CAM, map on the original image);
+- ``page``: ``Explainer.explain_features`` from the default layer's output that the prediction's
+  own forward pass kept, i.e. the Grad-CAM cost the Predict page adds on top of classifying (the
+  network after that layer forward + backward, CAM, map on the original image);
 - ``lib-plain``: pytorch-grad-cam used the plain way (all parameters requiring grad, so the
   backward pass runs through the whole network), for comparison.
 
@@ -67,8 +67,13 @@ def bench_arch(arch: str, size: int, runs: int, warmup: int) -> dict[str, float]
         with torch.inference_mode():
             model(x)
 
-    with torch.inference_mode():
-        feats = model.forward_features(x)
+    with torch.inference_mode():  # what the classification pass keeps: the output of the explainer's layer
+        kept: list[torch.Tensor] = []
+        hook = model.get_submodule(ex.kept_layer or ex.layer_name).register_forward_hook(
+            lambda _m, _i, out: kept.append(out.float()))
+        model.forward_features(x)
+        hook.remove()
+        feats = kept[0]
 
     def lib_plain() -> None:
         with GradCAM(model=plain, target_layers=[plain_layer]) as cam:

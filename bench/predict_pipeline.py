@@ -160,7 +160,7 @@ def run(registry: Path, images: Path, n: int = 20, warmup: int = 2, threads: int
         t1 = time.perf_counter()
         # What the Predict page runs: the CAM of the predicted class from the feature map the
         # classification pass kept (head forward + backward only).
-        explainer.explain_features(decoded.array, pred.feature_maps["binary"])
+        explainer.explain_features(decoded.array, pred.feature_maps["binary"][explainer.kept_layer])
         t["gradcam_binary"] = time.perf_counter() - t1
         if knn is not None and pred.embedding is not None:
             t2 = time.perf_counter()

@@ -216,7 +216,10 @@ class Explainer:
         # The app shares one explainer between sessions (st.cache_resource) and each CAM call hooks the
         # model's layer: two calls at once would each record the other's activations and gradients.
         self._lock = threading.Lock()
-        self._layer_is_features: bool | None = None
+        from .models import features_after
+
+        #: The rest of the feature extractor after the target layer (None: no shortcut, see kept_layer).
+        self._rest = features_after(net, architecture, self.layer_name)
         self._weighting: dict[str, Any] = {}  # method -> a hook-free library CAM object (its weighting only)
 
     @classmethod
@@ -251,38 +254,27 @@ class Explainer:
         return self.explain_batch([gray], method, [target])[0]
 
     @property
-    def layer_is_features(self) -> bool:
-        """Whether the target layer's output is ``model.forward_features`` (true for every default layer)."""
-        if self._layer_is_features is None:
-            seen: list[torch.Tensor] = []
-            hook = self.layer.register_forward_hook(lambda _m, _i, out: seen.append(out))
-            try:
-                with self._lock, torch.inference_mode():
-                    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-                    feats = self.model.forward_features(x.to(next(self.model.parameters()).device))
-            except Exception:  # a model without forward_features: always run the full pass
-                feats = None
-            finally:
-                hook.remove()
-            self._layer_is_features = (
-                feats is not None and len(seen) >= 1 and seen[-1].shape == feats.shape and torch.equal(seen[-1], feats)
-            )
-        return self._layer_is_features
+    def kept_layer(self) -> str | None:
+        """The module whose output :meth:`explain_features` starts from (None: it runs the full pass).
+
+        The classification pass keeps that output (``Prediction.feature_maps[task][kept_layer]``),
+        so the Predict page's CAM costs only the network after the layer, forward and backward.
+        """
+        return self.layer_name if self._rest is not None else None
 
     def explain_features(
         self, gray: np.ndarray, features: torch.Tensor, method: str = "gradcam", target: Target = None
     ) -> Explanation:
-        """The CAM of ``gray`` from its already computed final feature map (1, C, h, w).
+        """The CAM of ``gray`` from the target layer's output (1, C, h, w) for this image.
 
-        ``features`` is what ``model.forward_features`` gave for this image (the Predict page's
-        classification pass keeps it), so only the head runs here, forward and backward: the
-        map equals :meth:`explain`'s (a test checks it) at a fraction of its cost. Falls back to
-        :meth:`explain` when the target layer is not the feature output (a ``target_layer``
-        override).
+        ``features`` is what the classification pass kept at :attr:`kept_layer`, so only the
+        network after that layer runs here, forward and backward: the map equals :meth:`explain`'s
+        (a test checks it) at a fraction of its cost. Falls back to :meth:`explain` when the
+        target layer has no shortcut (``kept_layer`` is None).
         """
         if method not in METHODS:
             raise ValueError(f"unknown CAM method {method!r}; expected one of {sorted(METHODS)}")
-        if not self.layer_is_features:
+        if self._rest is None:
             return self.explain(gray, method, target)
         t0 = time.perf_counter()
         chosen = PredictedClassTarget(self.task, self.threshold) if target is None else class_target(
@@ -291,7 +283,7 @@ class Explainer:
         device = next(self.model.parameters()).device
         with self._lock, torch.inference_mode(False), torch.enable_grad():
             acts = features.detach().clone().to(device=device, dtype=torch.float32).requires_grad_(True)
-            outputs = self.model.forward_head(acts)
+            outputs = self.model.forward_head(self._rest(acts))
             (grads,) = torch.autograd.grad(chosen(outputs[0]), acts)
             # The library's own weighting (Grad-CAM or Grad-CAM++) on these activations and gradients;
             # its hooks are released at once, the forward/backward above replaces its loop.
@@ -343,6 +335,7 @@ class Explainer:
         t0 = time.perf_counter()
         device = next(self.model.parameters()).device
         x = to_input(torch.from_numpy(np.stack([prepare(g, self.spec) for g in images])), self.spec).to(device)
+        x = x.contiguous(memory_format=torch.channels_last)  # as inference.infer feeds the model: same numbers
         chosen: list[Callable[[torch.Tensor], torch.Tensor]] = [
             PredictedClassTarget(self.task, self.threshold) if t is None else class_target(self.task, self.class_index(t))
             for t in targets

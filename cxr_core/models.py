@@ -16,7 +16,7 @@ import importlib
 import importlib.metadata
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,17 +151,13 @@ def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return m.forward_head(m.forward_features(x), pre_logits=True)
 
 
-def gradcam_target_layer(model: nn.Module, architecture: str) -> nn.Module:
-    """The last convolutional stage whose output Grad-CAM should weight, per architecture.
-
-    Each choice is the module whose output is the final, activated feature map that the
-    pooled head reads, so the CAM explains exactly what the classifier sees.
-    """
+def final_feature_layer(model: nn.Module, architecture: str) -> nn.Module:
+    """The module whose output is the final, activated feature map that the pooled head reads."""
     m = _unwrap(model)
     if architecture in _LITE_VARIANTS:
         return m.bn2  # BatchNormAct2d after conv_head: includes the ReLU6
     if architecture in ("resnet18", "resnet50"):
-        return m.layer4[-1]
+        return m.layer4
     if architecture == "densenet121":
         return m.features.norm5  # BatchNormAct2d: the final norm + ReLU on the last dense block
     if architecture == "small_cnn":
@@ -169,25 +165,78 @@ def gradcam_target_layer(model: nn.Module, architecture: str) -> nn.Module:
     raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
 
 
-#: A finer Grad-CAM layer per architecture family (stride 16 instead of 32), by module name.
-_FINE_LAYERS = {"resnet18": "layer3", "resnet50": "layer3", "densenet121": "features.denseblock3"}
+#: The stride-16 stage before the final feature map, by module name.
+_FINE_LAYERS = {**{a: "blocks.4" for a in _LITE_VARIANTS}, "resnet18": "layer3", "resnet50": "layer3",
+                "densenet121": "features.denseblock3"}
+
+
+def gradcam_target_layer(model: nn.Module, architecture: str) -> nn.Module:
+    """The layer Grad-CAM weights by default: the final feature map, what the pooled head reads.
+
+    The stride-16 stage (``gradcam_layer_choices``) is not the default: on the synthetic
+    phantoms neither layer put the peak inside the lesion reliably across training runs
+    (Lite0, 224 px: stride 16 0.69 vs final 0.23 in one run, 0.12 vs 0.49 in another;
+    ``python -m train.pointing_game ENTRY --layer NAME``).
+    """
+    return final_feature_layer(model, architecture)
 
 
 def gradcam_layer_choices(architecture: str) -> dict[str, str | None]:
-    """Grad-CAM layers a user can pick, label → module name (None: ``gradcam_target_layer``).
+    """Grad-CAM layers a user can pick, label → module name (None: ``gradcam_target_layer``, listed first).
 
-    The default is the final feature map the head pools (most class-specific, and the Predict
-    page gets it free from the classification pass). The stride-16 stage before it has twice
-    the resolution: on the synthetic phantoms its peak lands on the lesion far more often
-    (``python -m train.pointing_game ENTRY --layer blocks.4``).
+    The final feature map is the most class-specific; the stride-16 stage before it has twice
+    the resolution. The Predict page gets both from its classification pass.
     """
-    fine = "blocks.4" if architecture in _LITE_VARIANTS else _FINE_LAYERS.get(architecture)
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
-    choices: dict[str, str | None] = {"final feature map (stride 32)" if fine else "final feature map": None}
-    if fine:
-        choices[f"finer: stride 16 ({fine})"] = fine
-    return choices
+    fine = _FINE_LAYERS.get(architecture)
+    if fine is None:
+        return {"final feature map": None}
+    return {"final feature map (stride 32)": None, f"finer: stride 16 ({fine})": fine}
+
+
+def gradcam_layer_names(model: nn.Module, architecture: str) -> list[str]:
+    """Module names of every layer :func:`gradcam_layer_choices` offers (the default first)."""
+    m = _unwrap(model)
+    names = {id(mod): name for name, mod in m.named_modules()}
+    out = []
+    for name in gradcam_layer_choices(architecture).values():
+        out.append(name if name is not None else names[id(gradcam_target_layer(m, architecture))])
+    return out
+
+
+def features_after(model: nn.Module, architecture: str, layer: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The rest of ``forward_features`` after module ``layer``: that layer's output → the final map.
+
+    With it, Grad-CAM at ``layer`` starts from the output the classification pass kept (the
+    Predict page) instead of running the network again. None where ``layer`` is not the final
+    map or a whole stage of a known architecture; the caller then runs the full pass.
+    """
+    m = _unwrap(model)
+    try:
+        module = m.get_submodule(layer)
+        final = final_feature_layer(m, architecture)
+    except (AttributeError, ValueError):
+        return None
+    if module is final:
+        return lambda h: h
+    try:
+        _, stages, post = model_stages(m, architecture)
+    except ValueError:
+        stages, post = [], []
+    if architecture == "densenet121":
+        stages, post = list(m.features.children()), []
+    index = next((i for i, stage in enumerate(stages) if stage is module), None)
+    if index is None:
+        return None
+    rest = [*stages[index + 1 :], *post]
+
+    def run(h: torch.Tensor) -> torch.Tensor:
+        for r in rest:
+            h = r(h)
+        return h
+
+    return run
 
 
 def model_stages(model: nn.Module, architecture: str) -> tuple[list[nn.Module], list[nn.Module], list[nn.Module]]:

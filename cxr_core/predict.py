@@ -48,9 +48,10 @@ class Prediction:
     embedding_entry: str | None
     timings: dict[str, float] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
-    #: Per task, the plain view's final feature map (1, C, h, w): Grad-CAM's input at the default
-    #: layer, so the page explains without running the network again.
-    feature_maps: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    #: Per task, {module name: its output (1, C, h, w)} for every Grad-CAM layer the page offers
+    #: (``models.gradcam_layer_names``): the page explains from these without running the
+    #: network again (``Explainer.explain_features``).
+    feature_maps: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
 
 
 def decide(task: str, classes: list[str], probs: np.ndarray, threshold: float) -> tuple[str, float]:
@@ -60,6 +61,15 @@ def decide(task: str, classes: list[str], probs: np.ndarray, threshold: float) -
     else:
         idx = int(np.argmax(probs))
     return classes[idx], float(probs[idx])
+
+
+def _cam_layers(clf: LoadedClassifier) -> list[str]:
+    from .models import gradcam_layer_names
+
+    try:
+        return gradcam_layer_names(clf.model, str(clf.entry.card.get("architecture")))
+    except (ValueError, KeyError, AttributeError):  # an architecture without Grad-CAM layers: nothing to keep
+        return []
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -100,6 +110,8 @@ class Predictor:
     def __init__(self, classifiers: dict[str, LoadedClassifier]):
         self.classifiers = classifiers
         tasks = list(classifiers)
+        #: Per task, the modules whose outputs a prediction keeps for Grad-CAM (every offered layer).
+        self._kept_layers = {task: _cam_layers(clf) for task, clf in classifiers.items()}
         #: Leading stages every classifier shares (see :func:`shared_trunk_depth`); 0 when none.
         self.trunk_depth = (
             shared_trunk_depth(classifiers[tasks[0]], classifiers[tasks[1]]) if len(tasks) == 2 else 0
@@ -122,7 +134,9 @@ class Predictor:
     def embedding_model(self) -> LoadedClassifier | None:
         return self.classifiers.get("binary") or self.classifiers.get("multiclass")
 
-    def _shared_pass(self, gray: np.ndarray) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, torch.Tensor]], dict[str, float]]:
+    def _shared_pass(
+        self, gray: np.ndarray
+    ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor]]], dict[str, float]]:
         """Both classifiers through their common trunk once: {task: (probs, embedding, feature map)}."""
         from .models import _unwrap, logits_to_probs, model_stages
         from .preprocess import normalize, to_float
@@ -134,20 +148,30 @@ class Predictor:
         t1 = time.perf_counter()
         h = normalize(to_float(torch.from_numpy(x[None].copy())), first.spec).contiguous(memory_format=torch.channels_last)
         stem, stages, _ = model_stages(_unwrap(first.model), arch)
-        for m in [*stem, *stages[: self.trunk_depth]]:
+        trunk_kept: dict[int, torch.Tensor] = {}  # stage index -> its output (the same for both models)
+        for i, m in enumerate([*stem, *stages[: self.trunk_depth]]):
             h = m(h)
+            trunk_kept[i - len(stem)] = h
         t2 = time.perf_counter()
         out, timings = {}, {"preprocess_shared": t1 - t0, "classify_shared_trunk": t2 - t1}
         for task, clf in self.classifiers.items():
             t3 = time.perf_counter()
             net = _unwrap(clf.model)
             _, stages_t, post = model_stages(net, arch)
+            names = {id(mod): name for name, mod in net.named_modules()}
+            kept: dict[str, torch.Tensor] = {}
+            wanted = set(self._kept_layers[task])
+            for i in range(self.trunk_depth):
+                if names[id(stages_t[i])] in wanted:
+                    kept[names[id(stages_t[i])]] = trunk_kept[i].float().cpu()
             f = h
             for m in [*stages_t[self.trunk_depth :], *post]:
                 f = m(f)
+                if names.get(id(m)) in wanted:
+                    kept[names[id(m)]] = f.float().cpu()
             emb = net.forward_head(f, pre_logits=True)
             probs = logits_to_probs(net.forward_head(f).float(), task)
-            out[task] = (probs.cpu().numpy(), emb.float().cpu().numpy(), f.float().cpu())
+            out[task] = (probs.cpu().numpy(), emb.float().cpu().numpy(), kept)
             timings[f"classify_{task}"] = time.perf_counter() - t3
         return out, timings
 
@@ -156,9 +180,9 @@ class Predictor:
         results: dict[str, TaskResult] = {}
         timings: dict[str, float] = {}
         embedding, emb_entry = None, None
-        feature_maps: dict[str, torch.Tensor] = {}
+        feature_maps: dict[str, dict[str, torch.Tensor]] = {}
         emb_model = self.embedding_model()
-        shared: dict[str, tuple[np.ndarray, np.ndarray, torch.Tensor]] = {}
+        shared: dict[str, tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor]]] = {}
         if self.trunk_depth and tta == 1:  # with TTA each view runs the full networks (rarely used; simpler)
             shared, timings = self._shared_pass(gray)
         for task, clf in self.classifiers.items():
@@ -170,10 +194,9 @@ class Predictor:
             else:
                 x = prepare(gray, clf.spec)
                 t1 = time.perf_counter()
-                kept: list[torch.Tensor] = []
-                probs, emb = infer(clf.model, x[None], clf.spec, task, tta=tta, want_embeddings=True, keep_features=kept)
-                if kept:
-                    feature_maps[task] = kept[0]
+                sinks: dict[str, list[torch.Tensor]] = {name: [] for name in self._kept_layers[task]}
+                probs, emb = infer(clf.model, x[None], clf.spec, task, tta=tta, want_embeddings=True, keep_layers=sinks)
+                feature_maps[task] = {name: v[0] for name, v in sinks.items() if v}
                 t2 = time.perf_counter()
             label, conf = decide(task, clf.classes, probs[0], clf.threshold)
             results[task] = TaskResult(task, clf.entry.id, clf.classes, [float(p) for p in probs[0]], label, conf, clf.threshold, tta)

@@ -219,7 +219,7 @@ def test_target_layer_override_and_errors(tiny):
     ex = tiny["binary"]
     clf_like = ex.model
     deeper = Explainer(clf_like, "tf_efficientnet_lite0", "binary", ex.spec, target_layer="blocks.4")  # stride 16
-    assert deeper.layer_name == "blocks.4"
+    assert deeper.layer_name == "blocks.4" and ex.layer_name == "bn2"
     assert _hooks(ex.model) == 0 and _hooks(deeper.model) == 0
     e = deeper.explain(make_phantom("bacteria", 1, 200).image, "gradcam", "PNEUMONIA")
     assert e.signed.shape[0] > ex.explain(make_phantom("bacteria", 1, 200).image).signed.shape[0]
@@ -433,7 +433,7 @@ def test_predict_page_shows_the_gradcam_overlay(tiny_registry: Path, synthetic_d
     assert not at.exception, at.exception
     assert any(c.startswith("Grad-CAM++ for virus") and "layer `bn2`" in c for c in _captions(at))
 
-    # The finer stride-16 layer: a full forward/backward on the explainer's own copy.
+    # The finer stride-16 layer, also explained from what the classification pass kept.
     layer = at.selectbox(key="gradcam_layer_multiclass")
     assert layer.options == ["final feature map (stride 32)", "finer: stride 16 (blocks.4)"]
     layer.set_value("finer: stride 16 (blocks.4)").run()
@@ -486,8 +486,10 @@ def test_explain_page_says_when_the_dataset_is_missing(tiny_registry: Path, tmp_
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_map_from_the_prediction_pass_equals_the_full_pass(arch: str, gray: np.ndarray):
-    """The Predict page explains from the feature map its classification pass kept: same maps, same probs."""
+    """The Predict page explains from the layer outputs its classification pass kept: same maps, same probs,
+    at every layer the page offers."""
     from cxr_core.inference import infer
+    from cxr_core.models import gradcam_layer_choices, gradcam_layer_names
 
     torch.manual_seed(0)
     spec = InputSpec(size=64, crop_fraction=0.9)
@@ -495,23 +497,26 @@ def test_map_from_the_prediction_pass_equals_the_full_pass(arch: str, gray: np.n
         model, _ = create_model(arch, num_outputs_for(task))
         torch.nn.init.normal_(model.get_classifier().weight, std=0.1)
         model.eval()
-        ex = Explainer(model, arch, task, spec)
-        assert ex.layer_is_features
-        kept: list[torch.Tensor] = []
+        names = gradcam_layer_names(model, arch)
+        assert len(names) == len(gradcam_layer_choices(arch))
+        sinks: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         with torch.inference_mode():  # as the app's predictor runs
-            probs, _ = infer(model, prepare(gray, spec)[None], spec, task, keep_features=kept)
-        for method in METHODS:
-            for target in [None, *range(len(ex.classes))]:
-                full = ex.explain(gray, method, target)
-                fast = ex.explain_features(gray, kept[0], method, target)
-                assert (fast.target, fast.empty, fast.layer) == (full.target, full.empty, full.layer)
-                np.testing.assert_allclose(fast.signed, full.signed, rtol=1e-4, atol=1e-5)
-                np.testing.assert_allclose(fast.cam, full.cam, atol=1e-4)
-                np.testing.assert_allclose(fast.probs, probs[0], atol=1e-5)
-    # A layer override is not the feature output: the full pass runs instead.
+            probs, _ = infer(model, prepare(gray, spec)[None], spec, task, keep_layers=sinks)
+        for choice in gradcam_layer_choices(arch).values():
+            ex = Explainer(model, arch, task, spec, target_layer=choice)
+            assert ex.kept_layer == ex.layer_name and ex.kept_layer in names
+            for method in METHODS:
+                for target in [None, *range(len(ex.classes))]:
+                    full = ex.explain(gray, method, target)
+                    fast = ex.explain_features(gray, sinks[ex.kept_layer][0], method, target)
+                    assert (fast.target, fast.empty, fast.layer) == (full.target, full.empty, full.layer)
+                    np.testing.assert_allclose(fast.signed, full.signed, rtol=1e-4, atol=1e-5)
+                    np.testing.assert_allclose(fast.cam, full.cam, atol=1e-4)
+                    np.testing.assert_allclose(fast.probs, probs[0], atol=1e-5)
+    # A layer inside a stage has no shortcut: explain_features runs the full pass instead.
     model, _ = create_model("tf_efficientnet_lite0", 1)
-    deeper = Explainer(model.eval(), "tf_efficientnet_lite0", "binary", spec, target_layer="blocks.4")
-    assert not deeper.layer_is_features
-    kept = []
-    infer(deeper.model, prepare(gray, spec)[None], spec, "binary", keep_features=kept)
-    np.testing.assert_allclose(deeper.explain_features(gray, kept[0]).cam, deeper.explain(gray).cam, atol=1e-6)
+    inner = Explainer(model.eval(), "tf_efficientnet_lite0", "binary", spec, target_layer="blocks.4.0")
+    assert inner.kept_layer is None
+    sinks = {"blocks.4": []}
+    infer(inner.model, prepare(gray, spec)[None], spec, "binary", keep_layers=sinks)
+    np.testing.assert_allclose(inner.explain_features(gray, sinks["blocks.4"][0]).cam, inner.explain(gray).cam, atol=1e-6)

@@ -69,9 +69,9 @@ def _section(decoded: DecodedImage, prediction: Any, tasks: list[str], digest: s
 
     try:
         ex = explainer(res.entry_id, layer)
-        feats = prediction.feature_maps.get(task) if layer is None else None
-        # The classification pass kept its final feature map: only the head runs again (same map,
-        # a fraction of the time); a finer layer needs the full forward/backward.
+        # The classification pass kept this layer's output: only the network after it runs again
+        # (same map, a fraction of the time); without it, the full forward/backward.
+        feats = prediction.feature_maps.get(task, {}).get(ex.kept_layer) if ex.kept_layer else None
         exp = _cached_cam(
             (digest, res.entry_id, method, target, layer),
             lambda: ex.explain_features(decoded.array, feats, method=method, target=target)

@@ -76,7 +76,8 @@ def predict_section(module: str, decoded: Any, prediction: Any) -> None:
 
 #: Help for the Grad-CAM layer choice (Predict section and Explain page).
 LAYER_HELP = (
-    "Final: the feature map the classifier pools (most class-specific, coarse: 7x7 at 224 px). "
-    "Finer: the stride-16 stage before it, twice the resolution; on synthetic phantoms with known "
-    "lesions its peak lands on the lesion far more often (python -m train.pointing_game --layer)."
+    "Stride 16: the stage before the final feature map, twice its resolution; on synthetic phantoms "
+    "with known lesions its peak lands on the lesion far more often (python -m train.pointing_game "
+    "--layer). Final: the feature map the classifier pools (most class-specific, coarse: 7x7 at 224 px). "
+    "The default is listed first."
 )
