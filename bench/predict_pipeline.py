@@ -50,6 +50,8 @@ class PipelineResult:
     input_size: int | None = None
     forward_hot: float | None = None  # seconds: the same forward repeated back to back (caches warm)
     ab: dict[str, list[float]] = field(default_factory=dict)  # --blas-ab: seconds per image per arm
+    trunk_depth: int = 0  # frozen stages the two classifiers share (Predictor.trunk_depth)
+    unshared: list[float] = field(default_factory=list)  # whole / forward per image without the shared trunk
 
     def median(self, xs: list[float]) -> float:
         return statistics.median(xs) if xs else float("nan")
@@ -224,6 +226,15 @@ def run(registry: Path, images: Path, n: int = 20, warmup: int = 2, threads: int
             binary.model(x)
             hot.append(time.perf_counter() - t5)
     res.forward_hot = statistics.median(hot[2:])
+    res.trunk_depth = predictor.trunk_depth
+    if predictor.trunk_depth:
+        # The same images once more with each classifier run in full, as for a pair that shares no
+        # frozen stages (e.g. two fully fine-tuned models): what the shared trunk is worth here.
+        predictor.trunk_depth = 0
+        for path in files[warmup:]:
+            t, fwd, _ = one(path)
+            res.unshared.append(sum(t.values()) / fwd)
+        predictor.trunk_depth = res.trunk_depth
     return res
 
 
@@ -255,6 +266,11 @@ def markdown(res: PipelineResult, command: str) -> str:
                      f"forward repeated back to back (caches warm) takes {res.forward_hot * 1000:.1f} ms; against "
                      f"it the whole pipeline is **{strict:.2f}×** (target: "
                      f"{'met' if strict <= TARGET_RATIO else 'NOT met'}).")
+    if res.trunk_depth:
+        lines.append(f"- The two classifiers carry identical frozen pretrained stages (stem + {res.trunk_depth} stages, "
+                     f"the CPU training recipe), so that trunk runs once per image (`classify_shared_trunk`). The "
+                     f"same images with both networks run in full, as for a pair without shared stages: "
+                     f"**{statistics.median(res.unshared):.2f}×** the forward (median of per-image ratios, this run).")
     lines.append("- `pretrained_features_*`: the frozen ImageNet backbone pass that the feature detectors and the "
                  "OOD guard share (memoised per image); the detector rows after it are their own distance maths.")
     for note in res.notes:
