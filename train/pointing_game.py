@@ -23,10 +23,9 @@ from train._cli import tqdm_progress
 
 def main(argv: list[str] | None = None) -> int:
     from cxr_core.explain import METHODS, Explainer, pointing_game
-    from cxr_core.registry import load_entry, verify_entry
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("entry", help="registry entry id, or the path of an entry folder")
+    ap.add_argument("entry", help="entry id, entry folder, or binary|multiclass (the entry the app uses)")
     ap.add_argument("--data", help="synthetic data set root (default: the entry's own dataset)")
     ap.add_argument("--registry", help="registry root (default: $CXR_REGISTRY or ./registry)")
     ap.add_argument("--split", default="test")
@@ -41,7 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    entry = verify_entry(args.entry).entry() if Path(args.entry).is_dir() else load_entry(args.registry, args.entry)
+    from cxr_core.registry import RegistryError
+    from train.index import resolve_entry
+
+    try:
+        entry = resolve_entry(args.entry, args.registry)
+    except RegistryError as e:
+        ap.error(str(e))
     data = args.data or entry.card.get("dataset", {}).get("root")
     if not data or not (Path(data) / "masks").is_dir():
         ap.error(f"{data!r} has no lesion masks (masks/): pass --data with a synthetic set from write_dataset")
