@@ -68,14 +68,17 @@ def infer(
     want_embeddings: bool = True,
     progress: Callable[[int, int], None] | None = None,
     keep_layers: dict[str, list[torch.Tensor]] | None = None,
+    architecture: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Probabilities (N, n_classes) and embeddings (N, D) for prepared uint8 images (N, S, S).
 
     With ``tta > 1`` probabilities are averaged over views; the embedding is always
     the plain view's, so the index and the map do not depend on the TTA setting.
-    ``keep_layers`` maps module names to lists that receive those modules' outputs for the
-    plain view, per batch (float32 on the CPU): the Predict page hands the Grad-CAM layer's to
-    ``Explainer.explain_features`` so that Grad-CAM needs no second forward pass.
+    ``keep_layers`` (with ``architecture``) maps module names to lists that receive those
+    modules' outputs for the plain view, per batch (float32 on the CPU): the Predict page hands
+    the Grad-CAM layer's to ``Explainer.explain_features`` so that Grad-CAM needs no second
+    forward pass. No hook is put on the model (``models.forward_features_keeping``): it is
+    shared between sessions.
     """
     from .models import logits_to_probs
 
@@ -92,17 +95,15 @@ def infer(
         for vi, view in enumerate(views):
             x = normalize(view, spec).contiguous(memory_format=torch.channels_last)
             if vi == 0 and want_embeddings:
-                hooks = [
-                    model.get_submodule(name).register_forward_hook(
-                        lambda _m, _i, out, sink=sink: sink.append(out.detach().float().cpu())
-                    )
-                    for name, sink in (keep_layers or {}).items()
-                ]
-                try:
+                if keep_layers and architecture:
+                    from .models import forward_features_keeping
+
+                    feats, kept = forward_features_keeping(model, architecture, x, list(keep_layers))
+                    for name, sink in keep_layers.items():
+                        if name in kept:
+                            sink.append(kept[name].detach().float().cpu())
+                else:
                     feats = model.forward_features(x)
-                finally:
-                    for h in hooks:
-                        h.remove()
                 e = model.forward_head(feats, pre_logits=True)
                 logits = model.forward_head(feats)
                 emb_out.append(e.float().cpu())

@@ -16,7 +16,7 @@ import importlib
 import importlib.metadata
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,6 +203,45 @@ def gradcam_layer_names(model: nn.Module, architecture: str) -> list[str]:
     for name in gradcam_layer_choices(architecture).values():
         out.append(name if name is not None else names[id(gradcam_target_layer(m, architecture))])
     return out
+
+
+def _feature_sequence(model: nn.Module, architecture: str) -> list[nn.Module] | None:
+    """Modules whose application in order is ``model.forward_features`` (None when unknown)."""
+    if architecture == "densenet121":
+        return list(model.features.children())
+    try:
+        stem, stages, post = model_stages(model, architecture)
+    except ValueError:
+        return None
+    return [*stem, *stages, *post]
+
+
+def forward_features_keeping(
+    model: nn.Module, architecture: str, x: torch.Tensor, keep: Sequence[str]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``model.forward_features(x)`` and the outputs of the named modules on the way.
+
+    The modules run one by one and their outputs land in local variables: no forward hook
+    touches the model, so sessions sharing one model in threads never see each other's
+    activations. A name that is not one of the steps (e.g. a block inside a stage) is left out.
+    """
+    m = _unwrap(model)
+    seq = _feature_sequence(m, architecture)
+    if seq is None:
+        return m.forward_features(x), {}
+    names = {id(mod): name for name, mod in m.named_modules()}
+    wanted = set(keep)
+    kept: dict[str, torch.Tensor] = {}
+    h = x
+    for mod in seq:
+        h = mod(h)
+        name = names.get(id(mod))
+        if name in wanted:
+            kept[name] = h
+    final = names.get(id(final_feature_layer(m, architecture)))
+    if final in wanted:
+        kept[final] = h
+    return h, kept
 
 
 def features_after(model: nn.Module, architecture: str, layer: str) -> Callable[[torch.Tensor], torch.Tensor] | None:

@@ -195,7 +195,8 @@ class Predictor:
                 x = prepare(gray, clf.spec)
                 t1 = time.perf_counter()
                 sinks: dict[str, list[torch.Tensor]] = {name: [] for name in self._kept_layers[task]}
-                probs, emb = infer(clf.model, x[None], clf.spec, task, tta=tta, want_embeddings=True, keep_layers=sinks)
+                probs, emb = infer(clf.model, x[None], clf.spec, task, tta=tta, want_embeddings=True, keep_layers=sinks,
+                                   architecture=str(clf.entry.card.get("architecture")))
                 feature_maps[task] = {name: v[0] for name, v in sinks.items() if v}
                 t2 = time.perf_counter()
             label, conf = decide(task, clf.classes, probs[0], clf.threshold)

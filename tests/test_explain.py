@@ -501,7 +501,9 @@ def test_map_from_the_prediction_pass_equals_the_full_pass(arch: str, gray: np.n
         assert len(names) == len(gradcam_layer_choices(arch))
         sinks: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         with torch.inference_mode():  # as the app's predictor runs
-            probs, _ = infer(model, prepare(gray, spec)[None], spec, task, keep_layers=sinks)
+            probs, _ = infer(model, prepare(gray, spec)[None], spec, task, keep_layers=sinks, architecture=arch)
+        assert all(len(v) == 1 for v in sinks.values()), {k: len(v) for k, v in sinks.items()}
+        assert not any(m._forward_hooks for m in model.modules())  # the shared model is never hooked
         for choice in gradcam_layer_choices(arch).values():
             ex = Explainer(model, arch, task, spec, target_layer=choice)
             assert ex.kept_layer == ex.layer_name and ex.kept_layer in names
@@ -518,5 +520,5 @@ def test_map_from_the_prediction_pass_equals_the_full_pass(arch: str, gray: np.n
     inner = Explainer(model.eval(), "tf_efficientnet_lite0", "binary", spec, target_layer="blocks.4.0")
     assert inner.kept_layer is None
     sinks = {"blocks.4": []}
-    infer(inner.model, prepare(gray, spec)[None], spec, "binary", keep_layers=sinks)
+    infer(inner.model, prepare(gray, spec)[None], spec, "binary", keep_layers=sinks, architecture="tf_efficientnet_lite0")
     np.testing.assert_allclose(inner.explain_features(gray, sinks["blocks.4"][0]).cam, inner.explain(gray).cam, atol=1e-6)
