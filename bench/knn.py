@@ -3,6 +3,7 @@
     python -m bench.knn                        # everything (projections take minutes on 2 cores)
     python -m bench.knn --registry registry-kermany   # use a real index when one is there
     python -m bench.knn --skip-projections
+    python -m bench.knn --skip-projections --large-projections umap_2d,tsne_2d   # maps of 100,000 too
 
 Real size: kermany-224 has 5,278 images (train 4,654 incl. the val drawn from it, test 624), and
 EfficientNet-Lite0's embedding has 1,280 dimensions. Without a built index of that size the
@@ -142,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-projections", action="store_true")
     p.add_argument("--projections", default="tsne_2d,tsne_3d,umap_2d,umap_3d")
     p.add_argument("--full-loo", action="store_true", help="run the all-rows leave-one-out vote at the large size too")
+    p.add_argument("--large-projections", default="",
+                   help="projections also computed for the large synthetic set, e.g. umap_2d,tsne_2d (minutes each)")
     ns = p.parse_args(argv)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
     real = find_real_index(ns.registry)
@@ -154,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     knn_block(name, emb, y, REAL_TEST, ns.full_loo)
     big, ybig = clustered_unit(ns.large, DIM, seed=2)
     knn_block(f"{ns.large:,} synthetic unit vectors", big, ybig, 1000, ns.full_loo)
+    if ns.large_projections:
+        projection_block(big, [x for x in ns.large_projections.split(",") if x])
     del big
     figure_block(ns.large)
     if not ns.skip_projections:
