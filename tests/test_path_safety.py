@@ -129,6 +129,20 @@ def test_index_paths_cannot_escape_the_data_root(tmp_path: Path, outside: Path, 
 # ----------------------------------------------------------------------------- registry cards
 
 
+def _predict_with_binary_only(registry: Path, monkeypatch) -> FileAccessRecorder:
+    """Upload a phantom on Predict with the multiclass entry broken: the binary model still serves.
+    Returns the record of every file the page opened."""
+    monkeypatch.setenv("CXR_REGISTRY", str(registry))
+    with pytest.MonkeyPatch.context() as mp:
+        files = FileAccessRecorder().install(mp)
+        at = AppTest.from_file(str(REPO / "pages/1_Predict.py"), default_timeout=TIMEOUT).run()
+        at.file_uploader(key="upload").set_value(("chest.png", pil_bytes(phantom(128), "PNG"), "image/png"))
+        at.run()
+    assert not at.exception, at.exception
+    assert [m.label for m in at.metric] == ["Prediction"]
+    return files
+
+
 def test_card_listing_a_path_outside_its_entry_breaks_only_that_entry(tiny_registry: Path, tmp_path: Path,
                                                                        outside: Path, monkeypatch):
     registry = tmp_path / "registry"
@@ -142,14 +156,7 @@ def test_card_listing_a_path_outside_its_entry_breaks_only_that_entry(tiny_regis
     assert not by_id[victim.id].ok and "invalid file name" in by_id[victim.id].reason
     assert sum(s.ok for s in by_id.values()) == len(by_id) - 1
 
-    monkeypatch.setenv("CXR_REGISTRY", str(registry))
-    with pytest.MonkeyPatch.context() as mp:
-        files = FileAccessRecorder().install(mp)
-        at = AppTest.from_file(str(REPO / "pages/1_Predict.py"), default_timeout=TIMEOUT).run()
-        at.file_uploader(key="upload").set_value(("chest.png", pil_bytes(phantom(128), "PNG"), "image/png"))
-        at.run()
-    assert not at.exception, at.exception
-    assert [m.label for m in at.metric] == ["Prediction"]  # the binary model still serves
+    files = _predict_with_binary_only(registry, monkeypatch)
     assert files.touched(registry / "x") == []
 
 
@@ -188,14 +195,7 @@ def test_registry_links_break_only_their_entry_and_are_never_followed(tiny_regis
     (victim.path / "card.json").symlink_to(outside / "card.json")
     assert "card.json is a symbolic link" in {s.id: s for s in list_entries(registry)}[victim.id].reason
 
-    monkeypatch.setenv("CXR_REGISTRY", str(registry))
-    with pytest.MonkeyPatch.context() as mp:
-        files = FileAccessRecorder().install(mp)
-        at = AppTest.from_file(str(REPO / "pages/1_Predict.py"), default_timeout=TIMEOUT).run()
-        at.file_uploader(key="upload").set_value(("chest.png", pil_bytes(phantom(128), "PNG"), "image/png"))
-        at.run()
-    assert not at.exception, at.exception
-    assert [m.label for m in at.metric] == ["Prediction"]  # the binary model still serves
+    files = _predict_with_binary_only(registry, monkeypatch)
     assert files.touched(outside) == [] and files.touched(elsewhere) == []
 
 
