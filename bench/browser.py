@@ -9,7 +9,6 @@ touches the network, and everything is skipped with a reason when that binary is
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pages.ui.navigation import page_files, url_path  # noqa: F401  (re-exported for the tests and benches)
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium"))
@@ -53,17 +54,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def page_files(repo: Path = REPO) -> list[Path]:
-    """The app's pages in navigation order (Streamlit lists ``pages/*.py`` only; ``pages/ui`` is a package)."""
-    return sorted((p for p in (repo / "pages").glob("*.py") if not p.name.startswith("_")),
-                  key=lambda p: (int(m.group(1)) if (m := re.match(r"(\d+)_", p.name)) else 10**6, p.name))
-
-
-def url_path(page: Path) -> str:
-    """Streamlit's URL path for a page file: the name without its number prefix and extension."""
-    return re.sub(r"^\d+_", "", page.stem)
 
 
 @dataclass
