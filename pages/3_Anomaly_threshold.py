@@ -162,7 +162,8 @@ def operating_point() -> None:
 
     saved = float(card.get("threshold", float("nan")))
     s1, s2 = st.columns([1, 3])
-    if s1.button("Save threshold", type="primary", key=f"save::{entry_id}"):
+    # The label carries the value the server holds: the panel commits on release, so this is what Save writes.
+    if s1.button(f"Save threshold {threshold:.{decimals}f}", type="primary", key=f"save::{entry_id}"):
         try:
             update_card(entry.path, lambda c: c.update(
                 threshold=float(threshold),

@@ -103,10 +103,13 @@ def test_slider_changes_confusion_matrix_and_save_writes_card(demo_app: Streamli
     slider.press("ArrowLeft" if up else "ArrowRight")  # one more commit, and wait for its rerun
     settle(page, since, quiet_ms=1000)
     value2 = _value(page)
+    shown = page.locator(".cxr-thr .thr-number").input_value()  # the value at the page's precision
+    save = page.get_by_role("button", name=f"Save threshold {shown}", exact=True)
+    expect(save).to_be_visible(timeout=60_000)  # the server holds the last committed value
     assert not errors_on_screen(page)
 
     try:
-        act(page, page.get_by_role("button", name="Save threshold").click)
+        act(page, save.click)
         expect(page.locator("[data-testid='stAlert']").filter(has_text="Saved threshold")).to_have_count(1)
         saved_after = float(_card(demo_registry, entry_id)["threshold"])
         assert not math.isclose(saved_after, saved_before), (saved_before, saved_after)
