@@ -16,7 +16,8 @@ import importlib
 import importlib.metadata
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,15 +206,49 @@ def gradcam_layer_names(model: nn.Module, architecture: str) -> list[str]:
     return out
 
 
-def _feature_sequence(model: nn.Module, architecture: str) -> list[nn.Module] | None:
-    """Modules whose application in order is ``model.forward_features`` (None when unknown)."""
+#: feature_steps per model object: the Predict path asks on every upload; a model is never mutated
+#: in place after loading (the explainer works on its own copy), so the answer cannot go stale.
+_STEPS: weakref.WeakKeyDictionary[nn.Module, tuple[str, list[tuple[str, nn.Module]] | None]] = weakref.WeakKeyDictionary()
+
+
+def feature_steps(model: nn.Module, architecture: str) -> list[tuple[str, nn.Module]] | None:
+    """(module name, module) pairs whose application in order is ``model.forward_features``.
+
+    None for an architecture without a known sequence. The last step's output is the final
+    feature map (``final_feature_layer``).
+    """
+    m = _unwrap(model)
+    hit = _STEPS.get(m)
+    if hit is not None and hit[0] == architecture:
+        return hit[1]
     if architecture == "densenet121":
-        return list(model.features.children())
-    try:
-        stem, stages, post = model_stages(model, architecture)
-    except ValueError:
-        return None
-    return [*stem, *stages, *post]
+        seq: list[nn.Module] | None = list(m.features.children())
+    else:
+        try:
+            stem, stages, post = model_stages(m, architecture)
+            seq = [*stem, *stages, *post]
+        except ValueError:
+            seq = None
+    names = {id(mod): name for name, mod in m.named_modules()}
+    steps = None if seq is None else [(names[id(mod)], mod) for mod in seq]
+    _STEPS[m] = (architecture, steps)
+    return steps
+
+
+def run_steps(
+    steps: Sequence[tuple[str, nn.Module]], h: torch.Tensor, keep: Collection[str]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Apply ``steps`` in order to ``h``; also return the outputs of the steps named in ``keep``.
+
+    Outputs land in local variables, not in forward hooks: sessions sharing one model in
+    threads never see each other's activations.
+    """
+    kept: dict[str, torch.Tensor] = {}
+    for name, mod in steps:
+        h = mod(h)
+        if name in keep:
+            kept[name] = h
+    return h, kept
 
 
 def forward_features_keeping(
@@ -221,61 +256,27 @@ def forward_features_keeping(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``model.forward_features(x)`` and the outputs of the named modules on the way.
 
-    The modules run one by one and their outputs land in local variables: no forward hook
-    touches the model, so sessions sharing one model in threads never see each other's
-    activations. A name that is not one of the steps (e.g. a block inside a stage) is left out.
+    A name that is not one of the steps (e.g. a block inside a stage) is left out.
     """
-    m = _unwrap(model)
-    seq = _feature_sequence(m, architecture)
-    if seq is None:
-        return m.forward_features(x), {}
-    names = {id(mod): name for name, mod in m.named_modules()}
-    wanted = set(keep)
-    kept: dict[str, torch.Tensor] = {}
-    h = x
-    for mod in seq:
-        h = mod(h)
-        name = names.get(id(mod))
-        if name in wanted:
-            kept[name] = h
-    final = names.get(id(final_feature_layer(m, architecture)))
-    if final in wanted:
-        kept[final] = h
-    return h, kept
+    steps = feature_steps(model, architecture)
+    if steps is None:
+        return _unwrap(model).forward_features(x), {}
+    return run_steps(steps, x, set(keep))
 
 
 def features_after(model: nn.Module, architecture: str, layer: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The rest of ``forward_features`` after module ``layer``: that layer's output → the final map.
 
     With it, Grad-CAM at ``layer`` starts from the output the classification pass kept (the
-    Predict page) instead of running the network again. None where ``layer`` is not the final
-    map or a whole stage of a known architecture; the caller then runs the full pass.
+    Predict page) instead of running the network again. None where ``layer`` is not one of
+    :func:`feature_steps` (the final map or a whole stage); the caller then runs the full pass.
     """
-    m = _unwrap(model)
-    try:
-        module = m.get_submodule(layer)
-        final = final_feature_layer(m, architecture)
-    except (AttributeError, ValueError):
+    steps = feature_steps(model, architecture)
+    index = None if steps is None else next((i for i, (name, _) in enumerate(steps) if name == layer), None)
+    if steps is None or index is None:
         return None
-    if module is final:
-        return lambda h: h
-    try:
-        _, stages, post = model_stages(m, architecture)
-    except ValueError:
-        stages, post = [], []
-    if architecture == "densenet121":
-        stages, post = list(m.features.children()), []
-    index = next((i for i, stage in enumerate(stages) if stage is module), None)
-    if index is None:
-        return None
-    rest = [*stages[index + 1 :], *post]
-
-    def run(h: torch.Tensor) -> torch.Tensor:
-        for r in rest:
-            h = r(h)
-        return h
-
-    return run
+    rest = steps[index + 1 :]
+    return lambda h: run_steps(rest, h, ())[0]
 
 
 def model_stages(model: nn.Module, architecture: str) -> tuple[list[nn.Module], list[nn.Module], list[nn.Module]]:
@@ -286,7 +287,7 @@ def model_stages(model: nn.Module, architecture: str) -> tuple[list[nn.Module], 
         return [model.conv1, model.bn1, model.act1, model.maxpool], [model.layer1, model.layer2, model.layer3, model.layer4], []
     if architecture == "small_cnn":
         return [], list(model.features), []
-    raise ValueError(f"freezing stages is not implemented for {architecture}")
+    raise ValueError(f"stages are not defined for {architecture}")
 
 
 # --- state-dict loading ------------------------------------------------------------------

@@ -137,41 +137,31 @@ class Predictor:
     def _shared_pass(
         self, gray: np.ndarray
     ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor]]], dict[str, float]]:
-        """Both classifiers through their common trunk once: {task: (probs, embedding, feature map)}."""
-        from .models import _unwrap, logits_to_probs, model_stages
+        """Both classifiers through their common trunk once: {task: (probs, embedding, kept layer outputs)}."""
+        from .models import _unwrap, feature_steps, logits_to_probs, model_stages, run_steps
         from .preprocess import normalize, to_float
 
         first = next(iter(self.classifiers.values()))
-        arch = first.entry.card["architecture"]
+        arch = str(first.entry.card["architecture"])
+        trunk_len = len(model_stages(_unwrap(first.model), arch)[0]) + self.trunk_depth  # stem + shared stages
         t0 = time.perf_counter()
         x = prepare(gray, first.spec)
         t1 = time.perf_counter()
         h = normalize(to_float(torch.from_numpy(x[None].copy())), first.spec).contiguous(memory_format=torch.channels_last)
-        stem, stages, _ = model_stages(_unwrap(first.model), arch)
-        trunk_kept: dict[int, torch.Tensor] = {}  # stage index -> its output (the same for both models)
-        for i, m in enumerate([*stem, *stages[: self.trunk_depth]]):
-            h = m(h)
-            trunk_kept[i - len(stem)] = h
+        # Module names are the same in both models (one architecture), so the trunk's kept outputs serve both.
+        wanted_any = {name for names in self._kept_layers.values() for name in names}
+        h, trunk_kept = run_steps(feature_steps(first.model, arch)[:trunk_len], h, wanted_any)
         t2 = time.perf_counter()
         out, timings = {}, {"preprocess_shared": t1 - t0, "classify_shared_trunk": t2 - t1}
         for task, clf in self.classifiers.items():
             t3 = time.perf_counter()
-            net = _unwrap(clf.model)
-            _, stages_t, post = model_stages(net, arch)
-            names = {id(mod): name for name, mod in net.named_modules()}
-            kept: dict[str, torch.Tensor] = {}
             wanted = set(self._kept_layers[task])
-            for i in range(self.trunk_depth):
-                if names[id(stages_t[i])] in wanted:
-                    kept[names[id(stages_t[i])]] = trunk_kept[i].float().cpu()
-            f = h
-            for m in [*stages_t[self.trunk_depth :], *post]:
-                f = m(f)
-                if names.get(id(m)) in wanted:
-                    kept[names[id(m)]] = f.float().cpu()
+            f, kept = run_steps(feature_steps(clf.model, arch)[trunk_len:], h, wanted)
+            kept.update({name: v for name, v in trunk_kept.items() if name in wanted})
+            net = _unwrap(clf.model)
             emb = net.forward_head(f, pre_logits=True)
             probs = logits_to_probs(net.forward_head(f).float(), task)
-            out[task] = (probs.cpu().numpy(), emb.float().cpu().numpy(), kept)
+            out[task] = (probs.cpu().numpy(), emb.float().cpu().numpy(), {k: v.float().cpu() for k, v in kept.items()})
             timings[f"classify_{task}"] = time.perf_counter() - t3
         return out, timings
 

@@ -3,9 +3,10 @@
 The app serves one image at a time per session with PyTorch (OpenMP threads) and small NumPy /
 scikit-learn steps in between (a KNN matrix-vector product, Mahalanobis distances). OpenBLAS
 threads keep spinning for a while after such a call and steal the cores PyTorch's next network
-needs: on a 2-core machine the whole Predict pipeline ran 1.8x slower (188 vs 107 ms per image,
-``bench/predict_pipeline.py`` with and without the limit). The request path's BLAS work is tiny,
-so one BLAS thread costs nothing there. Training scripts do not call this.
+needs: on a 2-core machine the whole Predict pipeline ran 2x slower without the limit (106.8 vs
+53.0 ms per image, both arms interleaved in one process: ``python -m bench.predict_pipeline
+--blas-ab``). The request path's BLAS work is tiny, so one BLAS thread costs nothing there.
+Training scripts do not call this.
 """
 
 from __future__ import annotations
