@@ -50,7 +50,7 @@ def bench_arch(arch: str, size: int, runs: int, warmup: int) -> dict[str, float]
 
     from cxr_core.config import InputSpec
     from cxr_core.explain import Explainer
-    from cxr_core.models import create_model, gradcam_target_layer
+    from cxr_core.models import create_model, forward_features_keeping, gradcam_target_layer
     from cxr_core.preprocess import image_to_input
     from cxr_core.synthetic import make_phantom
 
@@ -68,12 +68,8 @@ def bench_arch(arch: str, size: int, runs: int, warmup: int) -> dict[str, float]
             model(x)
 
     with torch.inference_mode():  # what the classification pass keeps: the output of the explainer's layer
-        kept: list[torch.Tensor] = []
-        hook = model.get_submodule(ex.kept_layer or ex.layer_name).register_forward_hook(
-            lambda _m, _i, out: kept.append(out.float()))
-        model.forward_features(x)
-        hook.remove()
-        feats = kept[0]
+        _, kept = forward_features_keeping(model, arch, x, [ex.layer_name])
+        feats = kept[ex.layer_name].float()
 
     def lib_plain() -> None:
         with GradCAM(model=plain, target_layers=[plain_layer]) as cam:

@@ -68,13 +68,19 @@ def histogram_figure(
     return _figure(data, layout)
 
 
-def roc_figure(fpr: np.ndarray, tpr: np.ndarray, point: tuple[float, float] | None, auroc: float | None,
-               height: int = 300, max_points: int = 300) -> go.Figure:
-    """ROC curve (thinned to ``max_points``) with the current operating point."""
+def thin_curve(fpr: np.ndarray, tpr: np.ndarray, max_points: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_points`` evenly spaced points of a ROC curve, both ends kept."""
     fpr, tpr = np.asarray(fpr, dtype=float), np.asarray(tpr, dtype=float)
     if len(fpr) > max_points:
         keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
         fpr, tpr = fpr[keep], tpr[keep]
+    return fpr, tpr
+
+
+def roc_figure(fpr: np.ndarray, tpr: np.ndarray, point: tuple[float, float] | None, auroc: float | None,
+               height: int = 300, max_points: int = 300) -> go.Figure:
+    """ROC curve (thinned to ``max_points``) with the current operating point."""
+    fpr, tpr = thin_curve(fpr, tpr, max_points)
     name = "ROC" if auroc is None else f"ROC (AUROC {auroc:.3f})"
     data: list[dict[str, Any]] = [
         {"type": "scatter", "x": fpr, "y": tpr, "mode": "lines", "name": name,

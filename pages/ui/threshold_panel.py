@@ -19,6 +19,8 @@ import streamlit as st
 
 from cxr_core.anomaly import ThresholdTable, histogram_data
 
+from .anomaly_views import thin_curve
+
 _HERE = Path(__file__).parent
 _panel = st.components.v2.component(
     "cxr_lens_threshold_panel",
@@ -34,10 +36,7 @@ def panel_data(table: ThresholdTable, hist: dict[str, Any] | None, *, threshold:
     if hist is None:  # older cards: bin the stored scores here
         y = np.r_[np.zeros(table.n_neg, int), np.ones(table.n_pos, int)]
         hist = histogram_data(y, np.r_[table.neg, table.pos])
-    fpr, tpr = table.roc()
-    if len(fpr) > max_roc_points:
-        keep = np.unique(np.linspace(0, len(fpr) - 1, max_roc_points).round().astype(int))
-        fpr, tpr = fpr[keep], tpr[keep]
+    fpr, tpr = thin_curve(*table.roc(), max_roc_points)
     data = {
         "neg": table.neg.tolist(), "pos": table.pos.tolist(),
         "hist": {k: list(hist[k]) for k in ("edges", "normal", "anomalous")},
