@@ -13,6 +13,7 @@ from cxr_core.config import AugmentConfig
 from cxr_core.preprocess import TTA_VIEWS, augment, tta_views
 from cxr_core.training import (
     TrainConfig,
+    _selection_key,
     lr_factor,
     num_stages,
     report_metrics,
@@ -221,3 +222,34 @@ def test_throughput_bench_runs_and_prints_the_device(capsys):
     assert main(["--sizes", "32", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--device", "cpu", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("device: cpu") and "tf_efficientnet_lite0" in out
+
+
+def test_a_saturated_validation_score_is_broken_by_log_loss():
+    """Two epochs with val AUROC 1.0: the one whose probabilities sit on the right side of 0.5 wins.
+
+    Regression: the first epoch to reach AUROC 1.0 on a 45-image split was kept with val accuracy
+    0.40 (every pneumonia below 0.5) and scored 0.35 on test.
+    """
+    from cxr_core.metrics import task_metrics
+
+    y = np.array([0, 0, 0, 1, 1, 1])
+    early = np.array([0.10, 0.12, 0.15, 0.30, 0.35, 0.40])  # ranked perfectly, all called NORMAL
+    late = np.array([0.05, 0.10, 0.20, 0.80, 0.90, 0.95])
+    keys = {}
+    for name, p in (("early", early), ("late", late)):
+        probs = np.stack([1 - p, p], axis=1)
+        m = task_metrics("binary", y, probs, ("NORMAL", "PNEUMONIA"))
+        assert m["auroc"] == 1.0
+        keys[name] = _selection_key("binary", m, y, probs)
+    assert keys["late"] > keys["early"]
+    # A higher score still wins over a lower log-loss.
+    worse_rank = np.array([0.05, 0.10, 0.85, 0.80, 0.90, 0.95])
+    probs = np.stack([1 - worse_rank, worse_rank], axis=1)
+    m = task_metrics("binary", y, probs, ("NORMAL", "PNEUMONIA"))
+    assert _selection_key("binary", m, y, probs) < keys["early"]
+    # Multiclass: equal accuracy, lower log-loss wins.
+    y3 = np.array([0, 1, 2])
+    sure = np.array([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]])
+    unsure = np.array([[0.4, 0.3, 0.3], [0.3, 0.4, 0.3], [0.3, 0.3, 0.4]])
+    k = [_selection_key("multiclass", task_metrics("multiclass", y3, q, ("N", "B", "V")), y3, q) for q in (sure, unsure)]
+    assert k[0][0] == k[1][0] == 1.0 and k[0] > k[1]
