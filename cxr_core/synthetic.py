@@ -15,9 +15,11 @@ lesion on the seed and the subtype, the acquisition (pose, exposure, noise) on t
 view, so ``make_phantom("normal", s)`` and ``make_phantom("bacteria", s)`` show the same
 patient in the same acquisition with and without the finding.
 
-Global brightness carries no class information: each image is gamma-corrected to a mean
-intensity drawn from the same distribution for every class, so a classifier has to find the
-lesion itself (which Grad-CAM localisation tests rely on).
+Only the lesion carries class information: the display window and the gamma are the
+acquisition's, fitted on the patient without the finding (to a mean intensity drawn from the
+same distribution for every class) and applied unchanged with it, so outside the lesion a
+pneumonia phantom equals its normal twin pixel for pixel, and a classifier has to find the
+lesion itself (which the class-activation-map localisation tests rely on).
 
 :func:`write_dataset` writes a set in the Kaggle ``chest-xray-pneumonia`` layout with real-style
 file names, lesion masks beside it (``ROOT/masks/...``), a ``manifest.csv`` and a ``SOURCE.md``
@@ -44,7 +46,7 @@ from cxr_core.config import SPLITS
 SUBTYPES: tuple[str, ...] = ("normal", "bacteria", "virus")
 
 #: Bumped whenever the drawing changes, so a cached demo set can tell it is stale.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 #: Patient numbers start here so synthetic ids never clash with the real data set's.
 FIRST_PATIENT_ID = 5000
@@ -460,8 +462,8 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
 
 
-def _gamma_to_mean(img: np.ndarray, target: float) -> np.ndarray:
-    """Gamma-correct ``img`` (values in [0, 1]) so that its mean is ``target``."""
+def _gamma_for_mean(img: np.ndarray, target: float) -> float:
+    """The gamma that takes ``img`` (values in [0, 1]) to mean ``target``."""
     step = max(1, img.shape[0] // 64)  # ~4k pixels pin the mean to well under one grey level
     sample = img[::step, ::step].astype(np.float64)
     lo, hi = 0.2, 5.0  # mean(img ** g) falls as g grows
@@ -471,7 +473,7 @@ def _gamma_to_mean(img: np.ndarray, target: float) -> np.ndarray:
             lo = g
         else:
             hi = g
-    return img ** np.float32(math.sqrt(lo * hi))
+    return math.sqrt(lo * hi)
 
 
 def make_phantom(subtype: str, seed: int, size: int = 256, *, view: int = 0) -> Phantom:
@@ -534,6 +536,7 @@ def make_phantom(subtype: str, seed: int, size: int = 256, *, view: int = 0) -> 
     atten += 0.09 * vessels * lung_soft
     atten += 0.015 * _smooth_noise(tex_rng, 40, size) * lung_soft
 
+    atten_healthy = atten.copy()
     lesion = np.zeros((size, size), dtype=bool)
     lung_region = _largest_component(lungs[0] > 0.0) | _largest_component(lungs[1] > 0.0)
     if subtype == "bacteria":
@@ -546,15 +549,27 @@ def make_phantom(subtype: str, seed: int, size: int = 256, *, view: int = 0) -> 
         atten += haze * amp * (0.7 + 0.5 * ret) + 0.04 * haze * vessels
         lesion = (haze > 0.4) & lung_region
 
-    # Detector: exposure curve, window, gamma to a class-independent mean, blur, noise, marker.
-    atten = np.clip(atten, 0.0, None)
-    img = 1.0 - np.exp(-vw.k_exposure * atten)
+    # Detector: exposure curve, window, gamma, blur, noise, marker. The window and the gamma belong
+    # to the acquisition, not to the finding: they are fitted on the patient without the lesion (a
+    # mean drawn from one distribution for every class) and applied unchanged to the image with it,
+    # so outside the lesion a pneumonia phantom is its normal twin pixel for pixel. Fitted on the
+    # image with the lesion (generator version 1), they darkened the healthy lung of a consolidation
+    # by ~3 grey levels and shifted lung/body contrast: a whole-image class cue the classifiers
+    # learned, their class activation maps lighting up the healthy lung.
+    def expose(a: np.ndarray) -> np.ndarray:
+        return 1.0 - np.exp(-vw.k_exposure * np.clip(a, 0.0, None))
+
+    healthy = expose(atten_healthy)
     # Window like a display station: the densest bone near white, air near black.
     step = max(1, size // 128)
-    lo, hi = np.percentile(img[::step, ::step], [0.5, 99.7])
-    img = np.clip((img - lo) / max(hi - lo, 1e-6), 0.0, 1.0) * vw.white
-    img = vw.floor + (1.0 - vw.floor) * img
-    img = _gamma_to_mean(img.astype(np.float32), vw.target_mean)
+    lo, hi = np.percentile(healthy[::step, ::step], [0.5, 99.7])
+
+    def window(img: np.ndarray) -> np.ndarray:
+        img = np.clip((img - lo) / max(hi - lo, 1e-6), 0.0, 1.0) * vw.white
+        return (vw.floor + (1.0 - vw.floor) * img).astype(np.float32)
+
+    gamma = _gamma_for_mean(window(healthy), vw.target_mean)
+    img = window(expose(atten) if subtype != "normal" else healthy) ** np.float32(gamma)
     img = ndimage.gaussian_filter(img, vw.blur * px, truncate=3.0)
     noise = noise_rng.standard_normal((size, size)).astype(np.float32)
     img = img + vw.noise * 1.6 * ndimage.gaussian_filter(noise, 0.5 * px, truncate=3.0)
