@@ -277,7 +277,7 @@ def markdown(res: dict[str, Any], command: str) -> str:
                   f"| Predict page ready for an upload | {s['cold_predict_ready_s']:.1f} s | "
                   f"{s['warm_predict_ready_s']:.1f} s |"]
         if "cold_first_prediction_s" in s:
-            lines.append(f"| upload → whole Predict page done (models load on the first one; prediction, anomaly, neighbours, Grad-CAM) | "
+            lines.append(f"| upload → whole Predict page done (models load on the first one; prediction, anomaly, neighbours, class activation map) | "
                          f"{s['cold_first_prediction_s']:.1f} s | {s['warm_first_prediction_s']:.1f} s |")
         lines.append(f"\nCold, process start to a rendered home page: **{s['process_plus_home_cold_s']:.1f} s**.")
     if "slider" in res:

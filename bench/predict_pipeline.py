@@ -4,7 +4,7 @@
 
 Stages, each timed per image with the registry's own objects (what the Predict page runs):
 decode (``decode_image`` on the file's bytes) → both classifiers through ``Predictor.predict``
-(preprocess + forward + embedding) → Grad-CAM of the binary model for its predicted class from
+(preprocess + forward + embedding) → class activation map (HiResCAM) of the binary model for its predicted class from
 the feature map the classification pass kept, as the page does (``Explainer.explain_features``) → K nearest reference images (``neighbors.KnnIndex`` over the
 classifier's ``index.npz``, when the registry has one) → every healthy-only anomaly detector
 (``LoadedDetector.score``; the page leaves out one worse than chance on validation) and the OOD guard (``OODGuard.check``). The reference: the binary

@@ -1,8 +1,12 @@
-"""Grad-CAM explanations: heatmaps on the original image, overlays, PNG export, pointing game.
+"""Class activation maps: heatmaps on the original image, overlays, PNG export, pointing game.
 
 The mechanism is pytorch-grad-cam's (``grad-cam`` on PyPI): its ``BaseCAM`` owns the hooks and
-the forward/backward loop, and each method (``GradCAM``, ``GradCAMPlusPlus``) supplies only the
-channel weights. :class:`Explainer` adds what CXR Lens needs around it:
+the forward/backward loop, and each method supplies only how activations and gradients combine:
+``HiResCAM`` (gradient x activation summed over channels, the default), ``GradCAM`` and
+``GradCAMPlusPlus`` (channel weights from the gradient averaged over the map). HiResCAM is
+Grad-CAM without that average: both give the same map at the final feature map of a pooled
+linear head, and only HiResCAM stays faithful at an earlier, finer layer (Draelos & Carin 2020),
+which is where it localises the phantoms' lesions (``models.gradcam_target_layer``). :class:`Explainer` adds what CXR Lens needs around it:
 
 - a **private copy** of the model, so the cached model the Predict page infers with never
   carries hooks, in-place activations are switched off (an in-place ReLU after the hooked layer
@@ -40,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget, ClassifierOutputTarget
@@ -49,9 +53,11 @@ from torch import nn
 from .config import TASK_CLASSES, InputSpec
 from .preprocess import prepare, to_input
 
-#: CAM methods by the name the app and the CLI use.
-METHODS: dict[str, type[BaseCAM]] = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
-METHOD_LABELS: dict[str, str] = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
+#: CAM methods by the name the app and the CLI use; the first is the default.
+METHODS: dict[str, type[BaseCAM]] = {"hirescam": HiResCAM, "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
+METHOD_LABELS: dict[str, str] = {"hirescam": "HiResCAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
+#: The method the pages and the CLI use unless told otherwise (why: ``models.gradcam_target_layer``).
+DEFAULT_METHOD = "hirescam"
 #: Matplotlib colormaps offered for overlays (any matplotlib name works in :func:`overlay`).
 COLORMAPS: tuple[str, ...] = ("jet", "turbo", "inferno", "viridis", "magma")
 
@@ -163,10 +169,11 @@ def _restart_autograd_here(module: nn.Module, args: Any, output: torch.Tensor) -
 
 
 class Explainer:
-    """Grad-CAM / Grad-CAM++ for one classifier.
+    """Class activation maps (HiResCAM, Grad-CAM, Grad-CAM++) for one classifier, at one layer.
 
-    ``target_layer`` overrides the per-architecture default (``models.gradcam_target_layer``)
-    by module name (``"blocks.5"``, ``"layer4.1"``...). The model is deep-copied unless
+    ``target_layer`` overrides the per-architecture default by module name (``"blocks.5"``,
+    ``"layer4.1"``...); without it the layer is ``method``'s default (``models.gradcam_target_layer``):
+    the stride-16 stage for HiResCAM, the final feature map for Grad-CAM and Grad-CAM++. The model is deep-copied unless
     ``copy_model=False`` hands over a model nobody else uses (its parameters are frozen and its
     activations made out-of-place). No hook stays on the model between calls. Calls are serialised by a lock, so one
     explainer can serve several threads.
@@ -182,6 +189,7 @@ class Explainer:
         classes: Sequence[str] | None = None,
         threshold: float = 0.5,
         target_layer: str | None = None,
+        method: str = DEFAULT_METHOD,
         device: str | torch.device = "cpu",
         copy_model: bool = True,
     ) -> None:
@@ -204,7 +212,7 @@ class Explainer:
             except AttributeError as exc:
                 raise ValueError(f"{architecture} has no module named {target_layer!r}") from exc
         else:
-            layer = gradcam_target_layer(net, architecture)
+            layer = gradcam_target_layer(net, architecture, method)
         self.model = net
         self.layer = layer
         self.layer_name = _module_name(net, layer)
@@ -223,19 +231,21 @@ class Explainer:
         self._weighting: dict[str, Any] = {}  # method -> a hook-free library CAM object (its weighting only)
 
     @classmethod
-    def from_loaded(cls, clf: Any, target_layer: str | None = None, copy_model: bool = True) -> Explainer:
+    def from_loaded(
+        cls, clf: Any, target_layer: str | None = None, copy_model: bool = True, method: str = DEFAULT_METHOD
+    ) -> Explainer:
         """From an ``inference.LoadedClassifier`` (its model is copied, never hooked)."""
         return cls(
             clf.model, clf.entry.card["architecture"], clf.task, clf.spec, classes=clf.classes,
-            threshold=clf.threshold, target_layer=target_layer, copy_model=copy_model,
+            threshold=clf.threshold, target_layer=target_layer, method=method, copy_model=copy_model,
         )
 
     @classmethod
-    def from_entry(cls, entry: Any, target_layer: str | None = None) -> Explainer:
+    def from_entry(cls, entry: Any, target_layer: str | None = None, method: str = DEFAULT_METHOD) -> Explainer:
         """Load a registry classifier entry into a model owned by the explainer."""
         from .inference import load_classifier
 
-        return cls.from_loaded(load_classifier(entry), target_layer=target_layer, copy_model=False)
+        return cls.from_loaded(load_classifier(entry), target_layer=target_layer, copy_model=False, method=method)
 
     def class_index(self, target: int | str) -> int:
         """Class index of a name (case-insensitive) or an index, checked against the head."""
@@ -249,7 +259,7 @@ class Explainer:
             raise ValueError(f"class index {idx} out of range for classes {self.classes}")
         return idx
 
-    def explain(self, gray: np.ndarray, method: str = "gradcam", target: Target = None) -> Explanation:
+    def explain(self, gray: np.ndarray, method: str = DEFAULT_METHOD, target: Target = None) -> Explanation:
         """CAM of one grayscale uint8 image for ``target`` (predicted class when None)."""
         return self.explain_batch([gray], method, [target])[0]
 
@@ -263,7 +273,7 @@ class Explainer:
         return self.layer_name if self._rest is not None else None
 
     def explain_features(
-        self, gray: np.ndarray, features: torch.Tensor, method: str = "gradcam", target: Target = None
+        self, gray: np.ndarray, features: torch.Tensor, method: str = DEFAULT_METHOD, target: Target = None
     ) -> Explanation:
         """The CAM of ``gray`` from the target layer's output (1, C, h, w) for this image.
 
@@ -292,7 +302,7 @@ class Explainer:
                 cam = self._weighting[method] = METHODS[method](model=self.model, target_layers=[self.layer])
                 cam.activations_and_grads.release()
             a_np, g_np = acts.detach().cpu().numpy(), grads.cpu().numpy()
-            signed = cam.get_cam_image(None, self.layer, [chosen], a_np, g_np)
+            signed = cam.get_cam_image(None, self.layer, [chosen], a_np, g_np, eigen_smooth=False)
         size = (self.spec.size, self.spec.size)
         # As BaseCAM: ReLU, min-max and resize per layer, then ReLU, mean over layers, min-max.
         maps = scale_cam_image(np.maximum(scale_cam_image(np.maximum(signed, 0), size), 0))
@@ -322,7 +332,7 @@ class Explainer:
         )
 
     def explain_batch(
-        self, images: Sequence[np.ndarray], method: str = "gradcam", targets: Sequence[Target] | None = None
+        self, images: Sequence[np.ndarray], method: str = DEFAULT_METHOD, targets: Sequence[Target] | None = None
     ) -> list[Explanation]:
         """CAMs of several grayscale uint8 images (any sizes) in one forward/backward pass."""
         if method not in METHODS:
@@ -349,7 +359,7 @@ class Explainer:
                 maps = cam(input_tensor=x.clone(), targets=chosen)
                 acts = cam.activations_and_grads.activations[0].numpy()
                 grads = cam.activations_and_grads.gradients[0].numpy()
-                signed = cam.get_cam_image(x, self.layer, chosen, acts, grads)
+                signed = cam.get_cam_image(x, self.layer, chosen, acts, grads, eigen_smooth=False)
                 logits = cam.outputs.detach().float().cpu()
             finally:
                 # Not `with cam:` — BaseCAM.__exit__ swallows IndexError, which would hide bugs.
@@ -508,7 +518,7 @@ def pointing_game(
     root: str,
     split: str = "test",
     *,
-    method: str = "gradcam",
+    method: str = DEFAULT_METHOD,
     tolerance_px: int = 0,
     only_correct: bool = True,
     batch_size: int = 8,
@@ -700,7 +710,7 @@ def cascading_randomisation(
     spec: InputSpec,
     images: Sequence[np.ndarray],
     *,
-    method: str = "gradcam",
+    method: str = DEFAULT_METHOD,
     target: Target = None,
     stages: Sequence[Sequence[str]] | None = None,
     seed: int = 0,
@@ -717,7 +727,7 @@ def cascading_randomisation(
     """
     stages = stages if stages is not None else RANDOMISATION_CASCADE[architecture]
     targets = [target] * len(images)
-    base = Explainer(model, architecture, task, spec)
+    base = Explainer(model, architecture, task, spec, method=method)
     trained = base.explain_batch(images, method, targets)
     # Same explainer, a second time: any nondeterminism in the method would show here.
     again = base.explain_batch(images, method, targets)
@@ -737,7 +747,7 @@ def cascading_randomisation(
                     scale = p.std() if p.numel() > 1 else p.abs()
                     p.copy_(torch.randn(p.shape, generator=gen) * scale)
         done.extend(group)
-        ex = Explainer(net, architecture, task, spec)
+        ex = Explainer(net, architecture, task, spec, method=method)
         rand = ex.explain_batch(images, method, targets)
         rho = np.array([_spearman(a.cam, b.cam) for a, b in zip(trained, rand, strict=True)])
         out.append(RandomisationStage(tuple(done), rho, sum(e.empty for e in rand)))

@@ -169,41 +169,59 @@ def final_feature_layer(model: nn.Module, architecture: str) -> nn.Module:
 #: The stride-16 stage before the final feature map, by module name.
 _FINE_LAYERS = {**{a: "blocks.4" for a in _LITE_VARIANTS}, "resnet18": "layer3", "resnet50": "layer3",
                 "densenet121": "features.denseblock3"}
+#: ``final_feature_layer`` by module name, where it does not depend on the network's configuration.
+_FINAL_LAYERS = {**{a: "bn2" for a in _LITE_VARIANTS}, "resnet18": "layer4", "resnet50": "layer4",
+                 "densenet121": "features.norm5"}
+
+#: CAM methods whose channel weights are the gradient averaged over the map (Grad-CAM, Grad-CAM++):
+#: exact only at the final feature map, where the pooled head makes the gradient spatially constant.
+_AVERAGING_METHODS = frozenset({"gradcam", "gradcam++"})
 
 
-def gradcam_target_layer(model: nn.Module, architecture: str) -> nn.Module:
-    """The layer Grad-CAM weights by default: the final feature map, what the pooled head reads.
+def gradcam_target_layer(model: nn.Module, architecture: str, method: str = "hirescam") -> nn.Module:
+    """The layer a CAM ``method`` explains by default ("automatic" on the pages).
 
-    The stride-16 stage (``gradcam_layer_choices``) is not the default: on the synthetic
-    phantoms neither layer put the peak inside the lesion reliably across training runs
-    (Lite0, 224 px: stride 16 0.69 vs final 0.23 in one run, 0.12 vs 0.49 in another;
-    ``python -m train.pointing_game ENTRY --layer NAME``).
+    HiResCAM (gradient x activation, summed over channels) at the stride-16 stage before the
+    final map: on synthetic phantoms with known lesions (the demo's Lite0 recipe, seven training
+    seeds) its peak fell inside the lesion for 0.69-0.84 of the 3-class model's pneumonia phantoms
+    (binary model 0.30-0.89), where Grad-CAM on the final feature map managed 0.06-0.39 (0.00-0.31):
+    its 5x5 map peaks between the lungs. Grad-CAM and Grad-CAM++ average the gradient over the
+    map, which is exact only at the final feature map, so they keep it (``python -m bench.pointing``;
+    docs/GRADCAM.md).
     """
-    return final_feature_layer(model, architecture)
+    name = default_cam_layer(architecture, method)
+    return _unwrap(model).get_submodule(name) if name else final_feature_layer(model, architecture)
+
+
+def default_cam_layer(architecture: str, method: str) -> str | None:
+    """Module name of ``gradcam_target_layer(model, architecture, method)``, from the architecture alone.
+
+    None where the network's configuration decides (``small_cnn``: its final stage, for every method).
+    """
+    if method in _AVERAGING_METHODS:
+        return _FINAL_LAYERS.get(architecture)
+    return _FINE_LAYERS.get(architecture) or _FINAL_LAYERS.get(architecture)
 
 
 def gradcam_layer_choices(architecture: str) -> dict[str, str | None]:
-    """Grad-CAM layers a user can pick, label → module name (None: ``gradcam_target_layer``, listed first).
+    """CAM layers a user can pick, label → module name (None: the method's default, listed first).
 
     The final feature map is the most class-specific; the stride-16 stage before it has twice
     the resolution. The Predict page gets both from its classification pass.
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
-    fine = _FINE_LAYERS.get(architecture)
-    if fine is None:
+    fine, final = _FINE_LAYERS.get(architecture), _FINAL_LAYERS.get(architecture)
+    if fine is None or final is None:
         return {"final feature map": None}
-    return {"final feature map (stride 32)": None, f"finer: stride 16 ({fine})": fine}
+    return {"automatic (per method)": None, f"stride 16 ({fine})": fine, f"final feature map ({final})": final}
 
 
 def gradcam_layer_names(model: nn.Module, architecture: str) -> list[str]:
-    """Module names of every layer :func:`gradcam_layer_choices` offers (the default first)."""
+    """Module names of every layer :func:`gradcam_layer_choices` offers (HiResCAM's default first)."""
     m = _unwrap(model)
     names = {id(mod): name for name, mod in m.named_modules()}
-    out = []
-    for name in gradcam_layer_choices(architecture).values():
-        out.append(name if name is not None else names[id(gradcam_target_layer(m, architecture))])
-    return out
+    return list(dict.fromkeys(names[id(gradcam_target_layer(m, architecture, method))] for method in ("hirescam", "gradcam")))
 
 
 #: feature_steps per model object: the Predict path asks on every upload; a model is never mutated

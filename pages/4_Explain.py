@@ -1,4 +1,4 @@
-"""Explain: a Grad-CAM gallery over the test (or validation) images of a classifier's own dataset."""
+"""Explain: a class-activation-map gallery over the test (or validation) images of a classifier's own dataset."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from cxr_core.explain import COLORMAPS, METHOD_LABELS, METHODS, overlay, select_
 from cxr_core.models import gradcam_layer_choices
 from cxr_core.registry import select
 from pages.ui.loaders import entries, gallery_cam, split_predictions
-from pages.ui.widgets import LAYER_HELP, demo_banner, require_classifier
+from pages.ui.widgets import LAYER_HELP, METHOD_HELP, demo_banner, require_classifier
 
 PER_PAGE = 12
 COLUMNS = 4
@@ -17,7 +17,7 @@ _TASK_TITLES = {"binary": "Normal vs pneumonia", "multiclass": "Normal / bacteri
 
 st.set_page_config(page_title="Explain · CXR Lens", page_icon="🫁", layout="wide")
 st.title("Explain")
-st.caption("Where each classifier looks: Grad-CAM overlays on held-out images of the dataset it was trained on.")
+st.caption("Where each classifier looks: class activation maps (HiResCAM by default, Grad-CAM, Grad-CAM++) on held-out images of the dataset it was trained on.")
 demo_banner()
 if not require_classifier():
     st.stop()
@@ -67,7 +67,7 @@ order = f4.selectbox(
                  "path": "File name"}.get,
 )
 v1, v2, v5, v3, v4 = st.columns([1, 1, 1.3, 1, 1.2])
-method = v1.selectbox("Method", list(METHODS), format_func=METHOD_LABELS.get, key="explain_method")
+method = v1.selectbox("Method", list(METHODS), format_func=METHOD_LABELS.get, key="explain_method", help=METHOD_HELP)
 target_choice = v2.selectbox("Explain class", ["predicted", *classes], key="explain_target",
                              help="Predicted: each image's own predicted class.")
 layers = gradcam_layer_choices(str(card.get("architecture")))
@@ -92,7 +92,7 @@ visible = shown[(page - 1) * PER_PAGE : page * PER_PAGE]
 st.caption(f"{len(shown)} matching images · page {page} of {n_pages}")
 
 # CAMs are computed for the visible page only, once per (model, image, method, class).
-progress = st.progress(0.0, text="Computing Grad-CAM for this page…")
+progress = st.progress(0.0, text=f"Computing {METHOD_LABELS[method]} for this page…")
 cols = st.columns(COLUMNS)
 for i, it in enumerate(visible):
     target = None if target_choice == "predicted" else target_choice
@@ -109,5 +109,5 @@ for i, it in enumerate(visible):
             + (f" · map for {target_name}" + (" (empty)" if empty else "") if target else ""),
         )
         st.caption(f"`{it.path}`")
-    progress.progress((i + 1) / len(visible), text=f"Computing Grad-CAM for this page… {i + 1}/{len(visible)}")
+    progress.progress((i + 1) / len(visible), text=f"Computing {METHOD_LABELS[method]} for this page… {i + 1}/{len(visible)}")
 progress.empty()

@@ -1,6 +1,7 @@
-"""Grad-CAM: valid maps for every architecture, correct binary targets, equivalence with the
-library's plain usage, the Adebayo et al. (2018) randomisation sanity check, the pointing game on
-synthetic phantoms with known lesions, overlays / PNG export, and the two pages."""
+"""Class activation maps (HiResCAM, Grad-CAM, Grad-CAM++): valid maps for every architecture,
+correct binary targets, equivalence with the library's plain usage, the Adebayo et al. (2018)
+randomisation sanity check, the pointing game on synthetic phantoms with known lesions,
+overlays / PNG export, and the two pages."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from PIL import Image
 
 from cxr_core.config import TASK_CLASSES, InputSpec
 from cxr_core.explain import (
+    DEFAULT_METHOD,
     METHODS,
     Explainer,
     GalleryItem,
@@ -71,9 +73,9 @@ def test_maps_valid_for_every_architecture(arch: str, gray: np.ndarray):
     for task in ("binary", "multiclass"):
         model, _ = create_model(arch, num_outputs_for(task))
         model.eval()
-        ex = Explainer(model, arch, task, spec)
         n_classes = len(TASK_CLASSES[task])
         for method in METHODS:
+            ex = Explainer(model, arch, task, spec, method=method)  # each method at its own default layer
             # One batch: every class, then the predicted one (None).
             exps = ex.explain_batch([gray] * (n_classes + 1), method, [*range(n_classes), None])
             for e in exps:
@@ -89,8 +91,8 @@ def test_maps_valid_for_every_architecture(arch: str, gray: np.ndarray):
             if method == "gradcam++":
                 # Non-negative weights on non-negative activations: never empty for these heads.
                 assert not any(e.empty for e in exps)
-            if task == "binary" and method == "gradcam":
-                # The signed maps of the two classes sum to logit - bias and -(logit - bias): one is positive.
+            if task == "binary" and method in ("gradcam", "hirescam"):
+                # Linear in the gradient: the two classes' signed maps are negatives, so one has evidence.
                 assert not (exps[0].empty and exps[1].empty)
         assert _hooks(model) == 0, "the caller's model must never be left with hooks"
         assert all(p.requires_grad for p in model.parameters())
@@ -130,15 +132,16 @@ def test_trained_maps_valid_for_every_class(tiny: dict[str, Explainer], test_ima
                 _valid(e.cam, SHAPE)
 
 
-def test_binary_target_is_the_signed_logit_and_the_library_default_is_not(tiny, tiny_registry, synthetic_data):
+@pytest.mark.parametrize("method", ["hirescam", "gradcam"])
+def test_binary_target_is_the_signed_logit_and_the_library_default_is_not(method, tiny_registry, synthetic_data):
     """PNEUMONIA explains +logit, NORMAL explains -logit; pytorch-grad-cam's argmax default always
-    explains output 0 (= +logit, PNEUMONIA), whatever the prediction."""
-    from pytorch_grad_cam import GradCAM
-
-    ex = tiny["binary"]
+    explains output 0 (= +logit, PNEUMONIA), whatever the prediction. Both methods are linear in the
+    gradient, so the two targets' signed maps are exact negatives."""
+    clf = load_classifier(select(list_entries(tiny_registry), "classifier", "binary"))
+    ex = Explainer.from_loaded(clf, method=method)
     images = [np.array(read_gray(p)) for p in sorted((synthetic_data / "test").glob("*/*.png"))]
-    pneu = ex.explain_batch(images, "gradcam", ["PNEUMONIA"] * len(images))
-    norm = ex.explain_batch(images, "gradcam", ["NORMAL"] * len(images))
+    pneu = ex.explain_batch(images, method, ["PNEUMONIA"] * len(images))
+    norm = ex.explain_batch(images, method, ["NORMAL"] * len(images))
     for p, n in zip(pneu, norm, strict=True):
         np.testing.assert_allclose(n.signed, -p.signed, rtol=1e-5, atol=1e-6)
         assert p.empty or n.empty or not np.allclose(p.cam, n.cam, atol=1e-3)
@@ -149,9 +152,10 @@ def test_binary_target_is_the_signed_logit_and_the_library_default_is_not(tiny, 
     assert any(not p.empty or not n.empty for p, n in zip(pneu, norm, strict=True))
 
     # The library used the plain way (no target => argmax over the single output) on a fresh copy.
-    clf = load_classifier(select(list_entries(tiny_registry), "classifier", "binary"))
     plain = copy.deepcopy(clf.model).float().eval()
-    with GradCAM(model=plain, target_layers=[gradcam_target_layer(plain, clf.entry.card["architecture"])]) as cam:
+    layer = gradcam_target_layer(plain, clf.entry.card["architecture"], method)
+    assert ex.layer_name == next(n for n, m in plain.named_modules() if m is layer)
+    with METHODS[method](model=plain, target_layers=[layer]) as cam:
         lib_default = cam(input_tensor=torch.cat([image_to_input(g, ex.spec) for g in images]), targets=None)
     for i, (p, n) in enumerate(zip(pneu, norm, strict=True)):
         np.testing.assert_allclose(lib_default[i], p.cam_input, atol=2e-4)  # always the PNEUMONIA map
@@ -159,8 +163,9 @@ def test_binary_target_is_the_signed_logit_and_the_library_default_is_not(tiny, 
             assert not np.allclose(lib_default[i], n.cam_input, atol=1e-3)
 
     # Our default follows the prediction: an image called NORMAL gets the NORMAL (-logit) map.
-    strict = Explainer(clf.model, clf.entry.card["architecture"], "binary", ex.spec, threshold=2.0)  # never PNEUMONIA
-    called_normal = strict.explain(images[0])
+    strict = Explainer(clf.model, clf.entry.card["architecture"], "binary", ex.spec, threshold=2.0,  # never PNEUMONIA
+                       method=method)
+    called_normal = strict.explain(images[0], method)
     assert called_normal.target == 0 and called_normal.target_name == "NORMAL"
     np.testing.assert_allclose(called_normal.cam_input, norm[0].cam_input, atol=1e-5)  # batch of 1 vs 18
 
@@ -184,12 +189,12 @@ def test_same_maps_as_the_library_used_plainly(tiny, tiny_registry, test_images,
     """Frozen parameters + autograd restarted at the target layer give the library's own maps."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    ex = tiny["multiclass"]
     clf = load_classifier(select(list_entries(tiny_registry), "classifier", "multiclass"))
+    ex = Explainer.from_loaded(clf, method=method)
     plain = copy.deepcopy(clf.model).float().eval()
     x = torch.cat([image_to_input(g, ex.spec) for g in test_images])
     for k in range(3):
-        with METHODS[method](model=plain, target_layers=[gradcam_target_layer(plain, "tf_efficientnet_lite0")]) as cam:
+        with METHODS[method](model=plain, target_layers=[gradcam_target_layer(plain, "tf_efficientnet_lite0", method)]) as cam:
             ref = cam(input_tensor=x.clone(), targets=[ClassifierOutputTarget(k)] * len(test_images))
         ours = ex.explain_batch(test_images, method, [k] * len(test_images))
         for r, o in zip(ref, ours, strict=True):
@@ -218,11 +223,14 @@ def test_explain_leaves_the_prediction_model_alone_and_works_under_inference_mod
 def test_target_layer_override_and_errors(tiny):
     ex = tiny["binary"]
     clf_like = ex.model
-    deeper = Explainer(clf_like, "tf_efficientnet_lite0", "binary", ex.spec, target_layer="blocks.4")  # stride 16
-    assert deeper.layer_name == "blocks.4" and ex.layer_name == "bn2"
-    assert _hooks(ex.model) == 0 and _hooks(deeper.model) == 0
-    e = deeper.explain(make_phantom("bacteria", 1, 200).image, "gradcam", "PNEUMONIA")
-    assert e.signed.shape[0] > ex.explain(make_phantom("bacteria", 1, 200).image).signed.shape[0]
+    coarse = Explainer(clf_like, "tf_efficientnet_lite0", "binary", ex.spec, target_layer="bn2")  # stride 32
+    # The default layer follows the method: stride 16 for HiResCAM, the final map for the averaging methods.
+    assert coarse.layer_name == "bn2" and ex.layer_name == "blocks.4"
+    for method, layer in (("gradcam", "bn2"), ("gradcam++", "bn2"), ("hirescam", "blocks.4")):
+        assert Explainer(clf_like, "tf_efficientnet_lite0", "binary", ex.spec, method=method).layer_name == layer
+    assert _hooks(ex.model) == 0 and _hooks(coarse.model) == 0
+    e = coarse.explain(make_phantom("bacteria", 1, 200).image, "gradcam", "PNEUMONIA")
+    assert e.signed.shape[0] < ex.explain(make_phantom("bacteria", 1, 200).image).signed.shape[0]
     with pytest.raises(ValueError, match="no module named"):
         Explainer(clf_like, "tf_efficientnet_lite0", "binary", ex.spec, target_layer="blocks.99")
     with pytest.raises(ValueError, match="unknown class"):
@@ -275,20 +283,18 @@ def test_cam_lands_on_the_evidence_in_original_coordinates(crop: float):
     assert neg.empty and not neg.cam.any()  # no pixel argues for NORMAL in this model
 
 
-# --- a model trained on phantoms: sanity check and pointing game --------------------------------
+# --- models trained on phantoms: sanity check and pointing game --------------------------------
 
-POINTING_TOLERANCE_PX = 8  # 5% of the 160-px phantom side; a quarter of a feature cell (stride 16 at 128 px)
+POINTING_TOLERANCE_PX = 8  # 3% of the 256-px phantom side; half a stride-16 cell of the 160-px input
 
 
 @pytest.fixture(scope="module")
 def phantom_model(tmp_path_factory) -> tuple:
-    """A small CNN trained on synthetic phantoms (60 per subtype) with the training module.
+    """A small CNN trained on synthetic phantoms (60 per subtype), for the randomisation check.
 
-    small_cnn, not EfficientNet-Lite0: its last stage has stride 16 and a receptive field of
-    about a quarter of the image, so a lesion can only raise the score through the cells that
-    see it. Lite0 at 128 px has a 4x4 last stage whose every cell sees the whole image; its
-    maps peak at the centre whatever the lesion (measured: see ``python -m train.pointing_game``).
-    About 1-2 min on one busy CPU core.
+    Four stages, one module group each, so the cascade randomises one stage at a time; random
+    init, so a randomised stage has nothing pretrained left to explain the map. About 1-2 min on
+    one busy CPU core.
     """
     from cxr_core.synthetic import SyntheticSpec, write_dataset
     from cxr_core.training import TrainConfig, train_classifier
@@ -328,27 +334,73 @@ def test_sanity_check_cascading_randomisation(phantom_model):
         assert len(stages) == 4
         head, *deeper = stages
         # Grad-CAM++ keeps only positive gradients, so a re-drawn single-logit head still selects
-        # channels with a similar spatial layout (measured ~0.76 here); Grad-CAM's map flips.
-        assert head.mean < repeat.mean() - (0.4 if method == "gradcam" else 0.15), head.mean
+        # channels with a similar spatial layout (measured ~0.76 here); Grad-CAM's map flips, and so
+        # does HiResCAM's (small_cnn has no stride-16 stage: it explains the final map, where the two agree).
+        assert head.mean < repeat.mean() - (0.15 if method == "gradcam++" else 0.4), head.mean
         for s in deeper:
             assert s.mean < repeat.mean() - 0.4, (s.randomised, s.mean)
 
 
-def test_pointing_game_on_phantoms(phantom_model):
-    entry, data = phantom_model
-    ex = Explainer.from_entry(entry)
-    strict = pointing_game(ex, str(data), "test", method="gradcam")
-    r = pointing_game(ex, str(data), "test", method="gradcam", tolerance_px=POINTING_TOLERANCE_PX)
-    print(f"\npointing game (Grad-CAM, correctly classified pneumonia phantoms): "
-          f"strict {strict.rate:.3f} (chance {strict.chance:.3f}, centre {strict.center_rate:.3f}); "
-          f"{POINTING_TOLERANCE_PX}-px tolerance {r.rate:.3f} (chance {r.chance:.3f}, centre {r.center_rate:.3f}) "
-          f"n={r.n}; by subtype {r.by_subtype}")
-    assert r.n >= 20 and r.n_empty == 0
-    # Clearly better than a random point and than always pointing at the centre.
-    assert r.rate >= max(2.5 * r.chance, r.center_rate + 0.2)
-    assert strict.rate >= 2 * strict.chance
-    # Focal (lobar) consolidation: the peak lands on it for most phantoms.
-    assert r.by_subtype["bacteria"]["rate"] > 0.5
+@pytest.fixture(scope="module")
+def demo_multiclass_model(tmp_path_factory) -> tuple:
+    """The demo's 3-class classifier, trained here: ``train.demo``'s recipe on its own phantoms.
+
+    ``SyntheticSpec()`` and ``DemoConfig``: ImageNet-pretrained EfficientNet-Lite0 at 160 px,
+    8 epochs, batch 32, seed 0, on 256-px phantoms (60 per subtype for training; TTA off): the
+    model the app ships with, so the pointing game scores what a user sees. About 1.5 min on one
+    busy core.
+    """
+    from cxr_core.synthetic import SyntheticSpec, write_dataset
+    from cxr_core.training import TrainConfig, train_classifier
+    from train.demo import DemoConfig
+
+    demo = DemoConfig()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("demo-phantoms")
+    data = write_dataset(root / "data", SyntheticSpec(seed=demo.seed))
+    entry = train_classifier(
+        TrainConfig(
+            data=str(data), task="multiclass", out=str(root / "registry"), architecture=demo.architecture,
+            pretrained=True, size=demo.size, epochs=demo.epochs, batch_size=demo.batch_size, lr=1e-3, tta=1,
+            device="cpu", patience=demo.epochs, seed=demo.seed,
+        ),
+        log=lambda s: None,
+    )
+    torch.set_num_threads(threads)
+    assert entry.card["metrics"]["test"]["accuracy"] > 0.9, entry.card["metrics"]["test"]
+    return entry, data
+
+
+def test_pointing_game_on_phantoms(demo_multiclass_model):
+    """The default map's peak lies inside the drawn lesion for most correctly classified pneumonia phantoms.
+
+    The 3-class model: telling a focal consolidation from bilateral haze needs the lesions, so its
+    evidence must sit on them. The binary model of the same recipe localises less reliably (0.30-0.89
+    over seven seeds, docs/GRADCAM.md): it separates its two classes with less localised evidence.
+    """
+    entry, data = demo_multiclass_model
+    clf = load_classifier(entry)
+    res = {}
+    for method in METHODS:
+        ex = Explainer.from_loaded(clf, method=method)  # each method at its default layer
+        res[method] = (ex.layer_name, pointing_game(ex, str(data), "test", method=method),
+                       pointing_game(ex, str(data), "test", method=method, tolerance_px=POINTING_TOLERANCE_PX))
+    print("\npointing game, the demo's 3-class model, correctly classified pneumonia phantoms:")
+    for method, (layer, strict, tol) in res.items():
+        print(f"  {method:9s} at {layer:8s} strict {strict.rate:.3f} ({strict.hits}/{strict.n}, chance {strict.chance:.3f}, "
+              f"centre {strict.center_rate:.3f}); {POINTING_TOLERANCE_PX}-px tolerance {tol.rate:.3f}; "
+              f"by subtype {({k: round(v['rate'], 2) for k, v in strict.by_subtype.items()})}")
+    layer, strict, tol = res[DEFAULT_METHOD]
+    assert layer == "blocks.4"
+    assert strict.n >= 30 and strict.n_empty == 0
+    # Most: 0.69-0.84 over seven training seeds of this recipe (python -m bench.pointing).
+    assert strict.rate > 0.5
+    assert strict.rate >= max(5 * strict.chance, strict.center_rate + 0.3)
+    assert tol.rate > 0.8
+    assert all(v["rate"] > 0.4 for v in strict.by_subtype.values()), strict.by_subtype
+    # Why it is the default: Grad-CAM on the final 5x5 map (the usual choice) peaks between the lungs.
+    assert strict.rate > res["gradcam"][1].rate + 0.25
 
 
 # --- overlay and PNG -------------------------------------------------------------------------
@@ -419,24 +471,25 @@ def test_predict_page_shows_the_gradcam_overlay(tiny_registry: Path, synthetic_d
     at.run()
     assert not at.exception, at.exception
     binary_label = next(m.value for m in at.metric)
-    assert any(c.startswith(f"Grad-CAM for {binary_label}") for c in _captions(at)), _captions(at)
+    # The default: HiResCAM at the stride-16 stage.
+    assert any(c.startswith(f"HiResCAM for {binary_label}") and "layer `blocks.4`" in c for c in _captions(at)), _captions(at)
     assert [b.label for b in at.get("download_button")] == ["Download heatmap (PNG)"]
 
     at.selectbox(key="gradcam_method").set_value("gradcam++")
     at.slider(key="gradcam_alpha").set_value(0.8)
     at.run()
     assert not at.exception, at.exception
-    assert any(c.startswith("Grad-CAM++ for") for c in _captions(at))
+    assert any(c.startswith("Grad-CAM++ for") and "layer `bn2`" in c for c in _captions(at))  # its own default layer
 
     at.selectbox(key="gradcam_task").set_value("multiclass").run()
     at.selectbox(key="gradcam_target_multiclass").set_value("virus").run()
     assert not at.exception, at.exception
     assert any(c.startswith("Grad-CAM++ for virus") and "layer `bn2`" in c for c in _captions(at))
 
-    # The finer stride-16 layer, also explained from what the classification pass kept.
+    # The stride-16 layer picked by hand, also explained from what the classification pass kept.
     layer = at.selectbox(key="gradcam_layer_multiclass")
-    assert layer.options == ["final feature map (stride 32)", "finer: stride 16 (blocks.4)"]
-    layer.set_value("finer: stride 16 (blocks.4)").run()
+    assert layer.options == ["automatic (per method)", "stride 16 (blocks.4)", "final feature map (bn2)"]
+    layer.set_value("stride 16 (blocks.4)").run()
     assert not at.exception, at.exception
     assert any(c.startswith("Grad-CAM++ for virus") and "layer `blocks.4`" in c for c in _captions(at)), _captions(at)
 
@@ -461,7 +514,7 @@ def test_explain_page_renders_a_gallery(tiny_registry: Path, monkeypatch):
     target.set_value("NORMAL")
     at.run()
     assert not at.exception, at.exception
-    at.selectbox(key="explain_layer").set_value("finer: stride 16 (blocks.4)").run()
+    at.selectbox(key="explain_layer").set_value("final feature map (bn2)").run()
     assert not at.exception, at.exception
     assert 1 <= len(_captions(at)) <= 12
 
@@ -498,7 +551,9 @@ def test_map_from_the_prediction_pass_equals_the_full_pass(arch: str, gray: np.n
         torch.nn.init.normal_(model.get_classifier().weight, std=0.1)
         model.eval()
         names = gradcam_layer_names(model, arch)
-        assert len(names) == len(gradcam_layer_choices(arch))
+        resolved = {Explainer(model, arch, task, spec, target_layer=c, method=m).layer_name
+                    for c in gradcam_layer_choices(arch).values() for m in METHODS}
+        assert set(names) == resolved, (names, resolved)  # every layer a page can ask for is kept
         sinks: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         with torch.inference_mode():  # as the app's predictor runs
             probs, _ = infer(model, prepare(gray, spec)[None], spec, task, keep_layers=sinks, architecture=arch)

@@ -246,7 +246,7 @@ def test_gradcam_target_layer(arch):
 
     model, info = create_model(arch, 3)
     model.eval()
-    layer = gradcam_target_layer(model, arch)
+    layer = gradcam_target_layer(model, arch, "gradcam")
     assert isinstance(layer, torch.nn.Module)
     assert any(layer is m for m in model.modules())
     captured: dict[str, list] = {"default": [], "final": []}
@@ -258,9 +258,18 @@ def test_gradcam_target_layer(arch):
         h.remove()
     # The final layer's output is the feature map the head pools.
     assert captured["final"] and torch.equal(captured["final"][-1], feats)
-    # The default is the final map; every offered layer knows the rest of the network after it.
+    # Grad-CAM's default is the final map; every offered layer knows the rest of the network after it.
     assert torch.equal(captured["default"][-1], feats)
-    from cxr_core.models import gradcam_layer_names
+    from cxr_core.models import default_cam_layer, gradcam_layer_names
+
+    fine = gradcam_target_layer(model, arch, "hirescam")  # HiResCAM's: stride 16 where the network has it
+    assert (fine is final_feature_layer(model, arch)) == (arch == "small_cnn")
+    for method in ("hirescam", "gradcam", "gradcam++"):
+        name = default_cam_layer(arch, method)
+        assert (name is None) == (arch == "small_cnn")
+        if name is not None:
+            assert model.get_submodule(name) is gradcam_target_layer(model, arch, method)
+    assert model.get_submodule(gradcam_layer_names(model, arch)[0]) is fine
 
     for name in gradcam_layer_names(model, arch):
         outs: dict[str, torch.Tensor] = {}
@@ -292,6 +301,6 @@ def test_gradcam_layer_choices_name_real_modules(arch):
         h.remove()
         assert seen, name
         sides.append(seen[-1][-1] // feats.shape[-1])
-    assert sides == ([] if len(choices) == 1 else [2]), sides  # the finer choice: stride 16 vs 32
+    assert sides == ([] if len(choices) == 1 else [2, 1]), sides  # stride 16, then the final map
     with pytest.raises(ValueError):
         gradcam_layer_choices("vgg16")

@@ -1,6 +1,6 @@
 """Pointing game: does a classifier's Grad-CAM peak fall inside the known lesion of synthetic phantoms?
 
-    python -m train.pointing_game ENTRY [--data DIR] [--registry ROOT] [--method gradcam|gradcam++|all]
+    python -m train.pointing_game ENTRY [--data DIR] [--registry ROOT] [--method hirescam|gradcam|gradcam++|all]
                                         [--split test] [--tolerance PX] [--all-predictions] [--layer NAME]
 
 ENTRY is an entry id in the registry (``$CXR_REGISTRY`` or ``./registry``) or the path of an entry
@@ -50,18 +50,24 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data or entry.card.get("dataset", {}).get("root")
     if not data or not (Path(data) / "masks").is_dir():
         ap.error(f"{data!r} has no lesion masks (masks/): pass --data with a synthetic set from write_dataset")
-    ex = Explainer.from_entry(entry, target_layer=args.layer)
-    print(f"entry {entry.id} · {entry.card['architecture']} · {entry.card['task']} · layer {ex.layer_name}")
+    from cxr_core.inference import load_classifier
+
+    clf = load_classifier(entry)
+    print(f"entry {entry.id} · {entry.card['architecture']} · {entry.card['task']} · "
+          f"layer {args.layer or 'each method’s default'}")
     print(f"data {data} · split {args.split} · tolerance {args.tolerance} px · "
           f"{'all' if args.all_predictions else 'correctly classified'} PNEUMONIA phantoms")
     progress, close = tqdm_progress()
+    explainers: dict[str, Explainer] = {}
     for method in METHODS if args.method == "all" else [args.method]:
+        ex = Explainer.from_loaded(clf, target_layer=args.layer, method=method)
+        ex = explainers.setdefault(ex.layer_name, ex)  # one model copy per layer
         r = pointing_game(
             ex, data, args.split, method=method, tolerance_px=args.tolerance,
             only_correct=not args.all_predictions, progress=lambda i, n, m=method: progress(m, i, n),
         )
         close()
-        print(f"{method:10s} pointing rate {r.rate:.3f} ({r.hits}/{r.n})  chance {r.chance:.3f}  "
+        print(f"{method:10s} {ex.layer_name:10s} pointing rate {r.rate:.3f} ({r.hits}/{r.n})  chance {r.chance:.3f}  "
               f"centre {r.center_rate:.3f}  misclassified skipped {r.n_skipped_incorrect}  empty maps {r.n_empty}")
         for sub, v in r.by_subtype.items():
             print(f"{'':10s}   {sub:9s} {v['rate']:.3f} (n={int(v['n'])})  chance {v['chance']:.3f}")

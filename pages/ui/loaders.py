@@ -135,13 +135,25 @@ def _explainer(root: str, signature: tuple, entry_id: str, layer: str | None = N
     return Explainer.from_entry(load_entry(root, entry_id), target_layer=layer)
 
 
-def explainer(entry_id: str, layer: str | None = None):
-    """A Grad-CAM ``Explainer`` with its own copy of a classifier: the predictor's model never gets hooks.
+def _method_explainer(root: str, signature: tuple, entry_id: str, layer: str | None, method: str):
+    from cxr_core.models import default_cam_layer
 
-    ``layer``: a module name from ``models.gradcam_layer_choices`` (None: the default layer).
+    # One explainer (one model copy) per layer actually used: the default one answers for HiResCAM's layer.
+    default = _explainer(root, signature, entry_id, None)
+    name = layer or default_cam_layer(default.architecture, method)
+    return default if name is None or name == default.layer_name else _explainer(root, signature, entry_id, name)
+
+
+def explainer(entry_id: str, layer: str | None = None, method: str | None = None):
+    """A CAM ``Explainer`` with its own copy of a classifier: the predictor's model never gets hooks.
+
+    ``layer``: a module name from ``models.gradcam_layer_choices``; None: ``method``'s default layer
+    (the default method's when ``method`` is None too).
     """
+    from cxr_core.explain import DEFAULT_METHOD
+
     root = registry_path()
-    return _explainer(str(root), registry_signature(root), entry_id, layer)
+    return _method_explainer(str(root), registry_signature(root), entry_id, layer, method or DEFAULT_METHOD)
 
 
 @st.cache_resource(show_spinner="Loading the classifier…", max_entries=4)
@@ -181,7 +193,7 @@ def _gallery_cam(
     from cxr_core.explain import downscale
     from cxr_core.imaging import read_gray
 
-    ex = _explainer(root, signature, entry_id, layer)
+    ex = _method_explainer(root, signature, entry_id, layer, method)
     gray = read_gray(safe_join(_dataset_root(root, signature, entry_id), path))
     exp = ex.explain(gray, method=method, target=target)
     small_gray, small_cam = downscale(gray, exp.cam, side)

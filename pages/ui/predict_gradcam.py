@@ -1,4 +1,4 @@
-"""Predict page section: Grad-CAM overlay beside the upload, with its controls and a PNG export."""
+"""Predict page section: the class activation map (HiResCAM, Grad-CAM, Grad-CAM++) beside the upload, with its controls and a PNG export."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from cxr_core.imaging import DecodedImage
 from cxr_core.models import gradcam_layer_choices
 
 from .loaders import explainer
-from .widgets import LAYER_HELP
+from .widgets import LAYER_HELP, METHOD_HELP
 
 _TASK_TITLES = {"binary": "Normal vs pneumonia", "multiclass": "Normal / bacterial / viral"}
 _CACHE_KEY = "gradcam_cache"
@@ -35,7 +35,7 @@ def _cached_cam(key: tuple, compute: Any) -> Explanation:
 
 def render(decoded: DecodedImage, prediction: Any) -> None:
     """Grad-CAM for the prediction shown above: the predicted class by default, any class on request."""
-    st.subheader("Why: Grad-CAM")
+    st.subheader("Why: class activation map")
     tasks = [t for t in ("binary", "multiclass") if t in prediction.results]
     if not tasks:
         return
@@ -57,7 +57,8 @@ def _section(decoded: DecodedImage, prediction: Any, tasks: list[str], digest: s
         "Explain class", classes, index=classes.index(res.label), key=f"gradcam_target_{task}",
         help="The predicted class by default. The map shows where the evidence FOR this class lies.",
     )
-    method = c_method.selectbox("Method", list(METHODS), format_func=METHOD_LABELS.get, key="gradcam_method")
+    method = c_method.selectbox("Method", list(METHODS), format_func=METHOD_LABELS.get, key="gradcam_method",
+                                help=METHOD_HELP)
     try:
         layers = gradcam_layer_choices(str(explainer(res.entry_id).architecture))
     except Exception:  # an unloadable entry is reported below, with the map
@@ -68,7 +69,7 @@ def _section(decoded: DecodedImage, prediction: Any, tasks: list[str], digest: s
     alpha = c_alpha.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="gradcam_alpha")
 
     try:
-        ex = explainer(res.entry_id, layer)
+        ex = explainer(res.entry_id, layer, method)
         # The classification pass kept this layer's output: only the network after it runs again
         # (same map, a fraction of the time); without it, the full forward/backward.
         feats = prediction.feature_maps.get(task, {}).get(ex.kept_layer) if ex.kept_layer else None
@@ -80,7 +81,7 @@ def _section(decoded: DecodedImage, prediction: Any, tasks: list[str], digest: s
         )
         shown = overlay(decoded.array, exp.cam, alpha, cmap)
     except Exception as e:  # an explanation failure must not take the prediction down with it
-        st.error(f"Grad-CAM could not be computed: {type(e).__name__}: {e}")
+        st.error(f"The {METHOD_LABELS[method]} map could not be computed: {type(e).__name__}: {e}")
         return
 
     col_img, col_cam = st.columns(2)

@@ -76,8 +76,14 @@ def predict_section(module: str, decoded: Any, prediction: Any) -> None:
 
 #: Help for the Grad-CAM layer choice (Predict section and Explain page).
 LAYER_HELP = (
-    "Stride 16: the stage before the final feature map, twice its resolution; on synthetic phantoms "
-    "with known lesions its peak lands on the lesion far more often (python -m train.pointing_game "
-    "--layer). Final: the feature map the classifier pools (most class-specific, coarse: 7x7 at 224 px). "
-    "The default is listed first."
+    "Automatic: the stride-16 stage for HiResCAM, the final feature map for Grad-CAM and Grad-CAM++ "
+    "(they average the gradient over the map, which is exact only there). Stride 16: the stage before "
+    "the final feature map, twice its resolution. Final: the map the classifier pools (most "
+    "class-specific, coarse: 5x5 at 160 px, 7x7 at 224 px)."
+)
+METHOD_HELP = (
+    "HiResCAM (default): gradient x activation at each position, summed over channels; the map shows "
+    "the positions that raised the class score. Grad-CAM: each channel weighted by its gradient "
+    "averaged over the map. Grad-CAM++: positive gradients only, higher-order weights. On synthetic "
+    "phantoms with known lesions HiResCAM's peak lands in the lesion most often (docs/GRADCAM.md)."
 )

@@ -35,9 +35,9 @@ def _check_prediction(page) -> None:
 
 
 def _check_gradcam(page) -> None:
-    expect(page.get_by_role("heading", name=re.compile("Grad-CAM"))).to_have_count(1)
-    caption = page.locator("[data-testid='stImageCaption']").filter(has_text=re.compile(r"for .+ · layer"))
-    expect(caption, "no Grad-CAM overlay with its caption").to_have_count(1)
+    expect(page.get_by_role("heading", name=re.compile("class activation map"))).to_have_count(1)
+    caption = page.locator("[data-testid='stImageCaption']").filter(has_text=re.compile(r"^HiResCAM for .+ · layer"))
+    expect(caption, "no class activation map (HiResCAM by default) with its caption").to_have_count(1)
     img = page.locator("[data-testid='stImageContainer']").filter(has=caption).locator("img")
     _wait_loaded(img)
     box = img.bounding_box()
