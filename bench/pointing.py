@@ -51,7 +51,7 @@ def run_seed(seed: int, task: str, size: int, layers: list[str], root: Path, log
     entry = train_classifier(
         TrainConfig(data=str(data), task=task, out=str(root / f"seed{seed}" / "registry"), architecture=demo.architecture,
                     pretrained=True, epochs=epochs or demo.epochs, batch_size=demo.batch_size, size=size, lr=1e-3, tta=1,
-                    patience=epochs or demo.epochs, device="cpu", seed=seed),
+                    patience=epochs or demo.epochs, device="cpu", seed=seed, selection=demo.selection),
         log=lambda s: None,
     )
     train_s = time.perf_counter() - t0

@@ -363,7 +363,7 @@ def demo_multiclass_model(tmp_path_factory) -> tuple:
         TrainConfig(
             data=str(data), task="multiclass", out=str(root / "registry"), architecture=demo.architecture,
             pretrained=True, size=demo.size, epochs=demo.epochs, batch_size=demo.batch_size, lr=1e-3, tta=1,
-            device="cpu", patience=demo.epochs, seed=demo.seed,
+            device="cpu", patience=demo.epochs, seed=demo.seed, selection=demo.selection,
         ),
         log=lambda s: None,
     )

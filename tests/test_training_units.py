@@ -253,3 +253,22 @@ def test_a_saturated_validation_score_is_broken_by_log_loss():
     unsure = np.array([[0.4, 0.3, 0.3], [0.3, 0.4, 0.3], [0.3, 0.3, 0.4]])
     k = [_selection_key("multiclass", task_metrics("multiclass", y3, q, ("N", "B", "V")), y3, q) for q in (sure, unsure)]
     assert k[0][0] == k[1][0] == 1.0 and k[0] > k[1]
+
+
+def test_log_loss_selection_prefers_calibrated_epochs_over_a_saturated_score():
+    """``selection="log_loss"``: a lower log-loss wins even against a higher AUROC (the demo's binary model
+    kept an epoch with val AUROC 1.0 and log-loss 0.44 over one with 0.987 and 0.15; test accuracy 0.78)."""
+    from cxr_core.metrics import task_metrics
+
+    y = np.array([0, 0, 0, 1, 1, 1])
+    ranked = np.array([0.30, 0.35, 0.40, 0.45, 0.48, 0.49])  # AUROC 1.0, everything near 0.4
+    sharp = np.array([0.02, 0.05, 0.60, 0.55, 0.95, 0.97])  # one pair swapped, confident and mostly right
+    keys = {}
+    for name, p in (("ranked", ranked), ("sharp", sharp)):
+        probs = np.stack([1 - p, p], axis=1)
+        m = task_metrics("binary", y, probs, ("NORMAL", "PNEUMONIA"))
+        keys[name] = (_selection_key("binary", m, y, probs, "score"), _selection_key("binary", m, y, probs, "log_loss"))
+    assert keys["ranked"][0] > keys["sharp"][0]  # by AUROC
+    assert keys["sharp"][1] > keys["ranked"][1]  # by log-loss
+    with pytest.raises(ValueError, match="selection"):
+        TrainConfig(data="x", selection="auroc").validate()

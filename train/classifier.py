@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from cxr_core.config import AugmentConfig
-from cxr_core.training import BALANCE_CHOICES, TrainConfig, train_classifier
+from cxr_core.training import BALANCE_CHOICES, SELECTIONS, TrainConfig, train_classifier
 
 from ._cli import fmt_metrics, tqdm_progress
 
@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--balance", choices=BALANCE_CHOICES, default=d.balance)
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--patience", type=int, default=d.patience, help="early stopping patience in epochs")
+    p.add_argument("--selection", choices=SELECTIONS, default=d.selection,
+                   help="what picks the saved epoch: score (val AUROC / accuracy, log-loss on ties) or log_loss")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--tta", type=int, default=d.tta, help="test-time views reported beside plain results (1 = off)")
