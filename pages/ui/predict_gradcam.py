@@ -84,6 +84,11 @@ def _section(decoded: DecodedImage, prediction: Any, tasks: list[str], digest: s
         st.error(f"The {METHOD_LABELS[method]} map could not be computed: {type(e).__name__}: {e}")
         return
 
+    if task == "binary" and "multiclass" in tasks:
+        st.caption(
+            "For *where*, prefer the normal / bacterial / viral model: on synthetic phantoms with known "
+            "lesions its map peaks inside the lesion more reliably than the binary model's (docs/GRADCAM.md)."
+        )
     col_img, col_cam = st.columns(2)
     col_img.image(decoded.array, caption="Image", width="stretch")
     col_cam.image(
