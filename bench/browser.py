@@ -215,6 +215,12 @@ def act(page: Any, action: Any, quiet_ms: float = 0, timeout_ms: float = 180_000
 
     if not page.evaluate("!!window.__cxr"):
         raise RuntimeError("this page has no timing instrumentation: open it from bench.browser.new_context")
+    # Act on an idle app: an action landing during a run (e.g. the page's first one, slow on a busy
+    # machine) restarts that run without the page ever leaving 'running', so no new run would show.
+    page.wait_for_function(
+        "() => document.querySelector(\"[data-testid='stApp']\")?.getAttribute('data-test-script-state') !== 'running'",
+        timeout=timeout_ms, polling=50,
+    )
     since = mark(page)
     action()
     try:
