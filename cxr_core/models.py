@@ -184,7 +184,7 @@ def gradcam_target_layer(model: nn.Module, architecture: str, method: str = "hir
     HiResCAM (gradient x activation, summed over channels) at the stride-16 stage before the
     final map: on synthetic phantoms with known lesions (the demo's Lite0 recipe, seven training
     seeds) its peak fell inside the lesion for 0.69-0.84 of the 3-class model's pneumonia phantoms
-    (binary model 0.30-0.89), where Grad-CAM on the final feature map managed 0.06-0.39 (0.00-0.31):
+    (binary model 0.30-0.70), where Grad-CAM on the final feature map managed 0.06-0.39 (0.00-0.31):
     its 5x5 map peaks between the lungs. Grad-CAM and Grad-CAM++ average the gradient over the
     map, which is exact only at the final feature map, so they keep it (``python -m bench.pointing``;
     docs/GRADCAM.md).

@@ -376,7 +376,7 @@ def test_pointing_game_on_phantoms(demo_multiclass_model):
     """The default map's peak lies inside the drawn lesion for most correctly classified pneumonia phantoms.
 
     The 3-class model: telling a focal consolidation from bilateral haze needs the lesions, so its
-    evidence must sit on them. The binary model of the same recipe localises less reliably (0.30-0.89
+    evidence must sit on them. The binary model of the same recipe localises less reliably (0.30-0.70
     over seven seeds, docs/GRADCAM.md): it separates its two classes with less localised evidence.
     """
     entry, data = demo_multiclass_model

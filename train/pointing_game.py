@@ -1,4 +1,4 @@
-"""Pointing game: does a classifier's Grad-CAM peak fall inside the known lesion of synthetic phantoms?
+"""Pointing game: does a classifier's class-activation-map peak fall inside the known lesion of synthetic phantoms?
 
     python -m train.pointing_game ENTRY [--data DIR] [--registry ROOT] [--method hirescam|gradcam|gradcam++|all]
                                         [--split test] [--tolerance PX] [--all-predictions] [--layer NAME]
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if not data or not (Path(data) / "masks").is_dir():
         ap.error(f"{data!r} has no lesion masks (masks/): pass --data with a synthetic set from write_dataset")
     from cxr_core.inference import load_classifier
+    from cxr_core.models import default_cam_layer
 
     clf = load_classifier(entry)
     print(f"entry {entry.id} · {entry.card['architecture']} · {entry.card['task']} · "
@@ -60,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     progress, close = tqdm_progress()
     explainers: dict[str, Explainer] = {}
     for method in METHODS if args.method == "all" else [args.method]:
-        ex = Explainer.from_loaded(clf, target_layer=args.layer, method=method)
-        ex = explainers.setdefault(ex.layer_name, ex)  # one model copy per layer
+        layer = args.layer or default_cam_layer(entry.card["architecture"], method) or ""
+        if layer not in explainers:  # one model copy per layer
+            explainers[layer] = Explainer.from_loaded(clf, target_layer=args.layer, method=method)
+        ex = explainers[layer]
         r = pointing_game(
             ex, data, args.split, method=method, tolerance_px=args.tolerance,
             only_correct=not args.all_predictions, progress=lambda i, n, m=method: progress(m, i, n),
