@@ -39,7 +39,7 @@ def run_seed(seed: int, task: str, size: int, layers: list[str], root: Path, log
     from cxr_core.explain import METHODS, Explainer, pointing_game
     from cxr_core.inference import load_classifier
     from cxr_core.synthetic import SyntheticSpec, load_mask, write_dataset
-    from cxr_core.training import TrainConfig, train_classifier
+    from cxr_core.training import train_classifier
     from train.demo import DemoConfig
 
     demo = DemoConfig()
@@ -49,9 +49,8 @@ def run_seed(seed: int, task: str, size: int, layers: list[str], root: Path, log
     data = write_dataset(root / f"seed{seed}" / "data", spec)
     t0 = time.perf_counter()
     entry = train_classifier(
-        TrainConfig(data=str(data), task=task, out=str(root / f"seed{seed}" / "registry"), architecture=demo.architecture,
-                    pretrained=True, epochs=epochs or demo.epochs, batch_size=demo.batch_size, size=size, lr=1e-3, tta=1,
-                    patience=epochs or demo.epochs, device="cpu", seed=seed, selection=demo.selection),
+        demo.train_config(data, task, root / f"seed{seed}" / "registry", size=size, tta=1, seed=seed,
+                          epochs=epochs or demo.epochs, patience=epochs or demo.epochs),
         log=lambda s: None,
     )
     train_s = time.perf_counter() - t0

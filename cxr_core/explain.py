@@ -6,7 +6,8 @@ the forward/backward loop, and each method supplies only how activations and gra
 ``GradCAMPlusPlus`` (channel weights from the gradient averaged over the map). HiResCAM is
 Grad-CAM without that average: both give the same map at the final feature map of a pooled
 linear head, and only HiResCAM stays faithful at an earlier, finer layer (Draelos & Carin 2020),
-which is where it localises the phantoms' lesions (``models.gradcam_target_layer``). :class:`Explainer` adds what CXR Lens needs around it:
+which is where it localises the phantoms' lesions (``models.gradcam_target_layer``).
+:class:`Explainer` adds what CXR Lens needs around it:
 
 - a **private copy** of the model, so the cached model the Predict page infers with never
   carries hooks, in-place activations are switched off (an in-place ReLU after the hooked layer
@@ -173,10 +174,10 @@ class Explainer:
 
     ``target_layer`` overrides the per-architecture default by module name (``"blocks.5"``,
     ``"layer4.1"``...); without it the layer is ``method``'s default (``models.gradcam_target_layer``):
-    the stride-16 stage for HiResCAM, the final feature map for Grad-CAM and Grad-CAM++. The model is deep-copied unless
-    ``copy_model=False`` hands over a model nobody else uses (its parameters are frozen and its
-    activations made out-of-place). No hook stays on the model between calls. Calls are serialised by a lock, so one
-    explainer can serve several threads.
+    the stride-16 stage for HiResCAM, the final feature map for Grad-CAM and Grad-CAM++. The
+    model is deep-copied unless ``copy_model=False`` hands over a model nobody else uses (its
+    parameters are frozen and its activations made out-of-place). No hook stays on the model
+    between calls. Calls are serialised by a lock, so one explainer can serve several threads.
     """
 
     def __init__(

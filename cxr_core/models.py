@@ -152,26 +152,25 @@ def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return m.forward_head(m.forward_features(x), pre_logits=True)
 
 
+#: The stride-16 stage before the final feature map, by module name.
+_FINE_LAYERS = {**{a: "blocks.4" for a in _LITE_VARIANTS}, "resnet18": "layer3", "resnet50": "layer3",
+                "densenet121": "features.denseblock3"}
+#: The final, activated feature map the pooled head reads, by module name (``small_cnn``: its last
+#: stage, named by its configuration). Lite's ``bn2`` and DenseNet's ``features.norm5`` are
+#: BatchNormAct2d modules: the activation is included.
+_FINAL_LAYERS = {**{a: "bn2" for a in _LITE_VARIANTS}, "resnet18": "layer4", "resnet50": "layer4",
+                 "densenet121": "features.norm5"}
+
+
 def final_feature_layer(model: nn.Module, architecture: str) -> nn.Module:
     """The module whose output is the final, activated feature map that the pooled head reads."""
     m = _unwrap(model)
-    if architecture in _LITE_VARIANTS:
-        return m.bn2  # BatchNormAct2d after conv_head: includes the ReLU6
-    if architecture in ("resnet18", "resnet50"):
-        return m.layer4
-    if architecture == "densenet121":
-        return m.features.norm5  # BatchNormAct2d: the final norm + ReLU on the last dense block
+    if architecture in _FINAL_LAYERS:
+        return m.get_submodule(_FINAL_LAYERS[architecture])
     if architecture == "small_cnn":
         return m.features[-1]
     raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
 
-
-#: The stride-16 stage before the final feature map, by module name.
-_FINE_LAYERS = {**{a: "blocks.4" for a in _LITE_VARIANTS}, "resnet18": "layer3", "resnet50": "layer3",
-                "densenet121": "features.denseblock3"}
-#: ``final_feature_layer`` by module name, where it does not depend on the network's configuration.
-_FINAL_LAYERS = {**{a: "bn2" for a in _LITE_VARIANTS}, "resnet18": "layer4", "resnet50": "layer4",
-                 "densenet121": "features.norm5"}
 
 #: CAM methods whose channel weights are the gradient averaged over the map (Grad-CAM, Grad-CAM++):
 #: exact only at the final feature map, where the pooled head makes the gradient spatially constant.

@@ -351,7 +351,7 @@ def demo_multiclass_model(tmp_path_factory) -> tuple:
     busy core.
     """
     from cxr_core.synthetic import SyntheticSpec, write_dataset
-    from cxr_core.training import TrainConfig, train_classifier
+    from cxr_core.training import train_classifier
     from train.demo import DemoConfig
 
     demo = DemoConfig()
@@ -359,14 +359,7 @@ def demo_multiclass_model(tmp_path_factory) -> tuple:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("demo-phantoms")
     data = write_dataset(root / "data", SyntheticSpec(seed=demo.seed))
-    entry = train_classifier(
-        TrainConfig(
-            data=str(data), task="multiclass", out=str(root / "registry"), architecture=demo.architecture,
-            pretrained=True, size=demo.size, epochs=demo.epochs, batch_size=demo.batch_size, lr=1e-3, tta=1,
-            device="cpu", patience=demo.epochs, seed=demo.seed, selection=demo.selection,
-        ),
-        log=lambda s: None,
-    )
+    entry = train_classifier(demo.train_config(data, "multiclass", root / "registry", tta=1), log=lambda s: None)
     torch.set_num_threads(threads)
     assert entry.card["metrics"]["test"]["accuracy"] > 0.9, entry.card["metrics"]["test"]
     return entry, data

@@ -18,8 +18,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cxr_core.registry import Entry, list_entries, registry_root, update_card
+
+if TYPE_CHECKING:
+    from cxr_core.training import TrainConfig
 
 Progress = Callable[[str, int, int], None]
 
@@ -35,6 +39,17 @@ class DemoConfig:
     seed: int = 0
     #: 45 validation images saturate AUROC early; the log-loss still tells the epochs apart.
     selection: str = "log_loss"
+
+    def train_config(self, data: Path | str, task: str, out: Path | str, **overrides: Any) -> TrainConfig:
+        """The demo's recipe for one task as a ``TrainConfig`` (benchmarks and tests override e.g. ``tta``)."""
+        from cxr_core.training import TrainConfig
+
+        kw: dict[str, Any] = dict(
+            data=str(data), task=task, out=str(out), architecture=self.architecture, pretrained=True,
+            epochs=self.epochs, batch_size=self.batch_size, size=self.size, lr=1e-3, tta=2, patience=self.epochs,
+            device="cpu", seed=self.seed, selection=self.selection, notes="synthetic demo",
+        )
+        return TrainConfig(**{**kw, **overrides})
 
 
 def demo_data_dir(root: Path) -> Path:
@@ -57,16 +72,11 @@ def build_data(root: Path, progress: Progress | None = None) -> Path:
 
 
 def train_demo_classifiers(root: Path, data: Path, cfg: DemoConfig, progress: Progress | None, log: Callable[[str], None]) -> list[Entry]:
-    from cxr_core.training import TrainConfig, train_classifier
+    from cxr_core.training import train_classifier
 
     made = []
     for task in ("binary", "multiclass"):
-        tc = TrainConfig(
-            data=str(data), task=task, out=str(root), architecture=cfg.architecture, pretrained=True,
-            epochs=cfg.epochs, batch_size=cfg.batch_size, size=cfg.size, lr=1e-3, tta=2, patience=cfg.epochs,
-            device="cpu", seed=cfg.seed, selection=cfg.selection, notes="synthetic demo",
-        )
-        entry = train_classifier(tc, progress=progress, log=log)
+        entry = train_classifier(cfg.train_config(data, task, root), progress=progress, log=log)
         _mark_synthetic(entry)
         made.append(entry)
     return made
