@@ -138,24 +138,38 @@ class Predictor:
         self, gray: np.ndarray
     ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor]]], dict[str, float]]:
         """Both classifiers through their common trunk once: {task: (probs, embedding, kept layer outputs)}."""
+        first = next(iter(self.classifiers.values()))
+        t0 = time.perf_counter()
+        x = prepare(gray, first.spec)
+        t1 = time.perf_counter()
+        out, timings = self._trunk_pass(x[None], keep=True)
+        timings["preprocess_shared"] = t1 - t0
+        return out, timings
+
+    def _trunk_pass(
+        self, x_u8: np.ndarray, keep: bool
+    ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor]]], dict[str, float]]:
+        """Prepared images (N, S, S) through the common trunk once, then each classifier's own stages.
+
+        ``keep``: also return the Grad-CAM layers' outputs (the single-upload path); a batch leaves them out.
+        """
         from .models import _unwrap, feature_steps, logits_to_probs, model_stages, run_steps
         from .preprocess import normalize, to_float
 
         first = next(iter(self.classifiers.values()))
         arch = str(first.entry.card["architecture"])
         trunk_len = len(model_stages(_unwrap(first.model), arch)[0]) + self.trunk_depth  # stem + shared stages
-        t0 = time.perf_counter()
-        x = prepare(gray, first.spec)
         t1 = time.perf_counter()
-        h = normalize(to_float(torch.from_numpy(x[None].copy())), first.spec).contiguous(memory_format=torch.channels_last)
+        h = normalize(to_float(torch.from_numpy(np.ascontiguousarray(x_u8))), first.spec)
+        h = h.contiguous(memory_format=torch.channels_last)
         # Module names are the same in both models (one architecture), so the trunk's kept outputs serve both.
-        wanted_any = {name for names in self._kept_layers.values() for name in names}
+        wanted_any = {name for names in self._kept_layers.values() for name in names} if keep else set()
         h, trunk_kept = run_steps(feature_steps(first.model, arch)[:trunk_len], h, wanted_any)
         t2 = time.perf_counter()
-        out, timings = {}, {"preprocess_shared": t1 - t0, "classify_shared_trunk": t2 - t1}
+        out, timings = {}, {"classify_shared_trunk": t2 - t1}
         for task, clf in self.classifiers.items():
             t3 = time.perf_counter()
-            wanted = set(self._kept_layers[task])
+            wanted = set(self._kept_layers[task]) if keep else set()
             f, kept = run_steps(feature_steps(clf.model, arch)[trunk_len:], h, wanted)
             kept.update({name: v for name, v in trunk_kept.items() if name in wanted})
             net = _unwrap(clf.model)
@@ -198,3 +212,54 @@ class Predictor:
                 v = emb[0].astype(np.float32)
                 embedding, emb_entry = v / max(float(np.linalg.norm(v)), 1e-12), clf.entry.id
         return Prediction(results, embedding, emb_entry, timings, feature_maps=feature_maps)
+
+    @torch.inference_mode()
+    def predict_batch(self, grays: list[np.ndarray], batch_size: int = 16) -> list[Prediction]:
+        """:meth:`predict` for many images at once (no TTA, no kept Grad-CAM layers): the worklist's path.
+
+        The images are prepared one by one and go through the networks ``batch_size`` at a time
+        (one pass through the shared trunk when the classifiers have one). The labels,
+        probabilities and embeddings equal :meth:`predict`'s for each image (to float rounding).
+        """
+        if not grays:
+            return []
+        emb_model = self.embedding_model()
+        probs: dict[str, list[np.ndarray]] = {task: [] for task in self.classifiers}
+        embs: dict[str, list[np.ndarray]] = {task: [] for task in self.classifiers}
+        specs = {task: clf.spec for task, clf in self.classifiers.items()}
+        one_spec = len(set(map(repr, specs.values()))) == 1
+        for start in range(0, len(grays), batch_size):
+            chunk = grays[start : start + batch_size]
+            if self.trunk_depth:
+                first = next(iter(self.classifiers.values()))
+                x = np.stack([prepare(g, first.spec) for g in chunk])
+                shared, _ = self._trunk_pass(x, keep=False)
+                for task, (p, e, _kept) in shared.items():
+                    probs[task].append(p)
+                    embs[task].append(e)
+                continue
+            prepared: dict[str, np.ndarray] = {}
+            for task, clf in self.classifiers.items():
+                key = "one" if one_spec else task
+                if key not in prepared:
+                    prepared[key] = np.stack([prepare(g, clf.spec) for g in chunk])
+                p, e = infer(clf.model, prepared[key], clf.spec, task, tta=1, batch_size=batch_size,
+                             want_embeddings=True, architecture=str(clf.entry.card.get("architecture")))
+                probs[task].append(p)
+                embs[task].append(e if e is not None else np.zeros((len(chunk), 0), np.float32))
+        all_probs = {task: np.concatenate(v) for task, v in probs.items()}
+        all_embs = {task: np.concatenate(v) for task, v in embs.items()}
+        out: list[Prediction] = []
+        for i in range(len(grays)):
+            results: dict[str, TaskResult] = {}
+            embedding, emb_entry = None, None
+            for task, clf in self.classifiers.items():
+                p = all_probs[task][i]
+                label, conf = decide(task, clf.classes, p, clf.threshold)
+                results[task] = TaskResult(task, clf.entry.id, clf.classes, [float(v) for v in p], label, conf,
+                                           clf.threshold, 1)
+                if clf is emb_model and all_embs[task].shape[1]:
+                    v = all_embs[task][i].astype(np.float32)
+                    embedding, emb_entry = v / max(float(np.linalg.norm(v)), 1e-12), clf.entry.id
+            out.append(Prediction(results, embedding, emb_entry))
+        return out

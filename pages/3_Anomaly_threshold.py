@@ -114,6 +114,10 @@ def _example(root: str, rel: str, entry_id: str, signature: tuple) -> dict:
     return {"input": out.input_u8, "recon": out.reconstruction, "map": out.error_map}
 
 
+#: Width of an example thumbnail near the threshold (px).
+EXAMPLE_PX = 180
+
+
 def _examples(threshold: float) -> None:
     arr = scores["arrays"]
     mask = arr["splits"] == split
@@ -125,24 +129,27 @@ def _examples(threshold: float) -> None:
     from pages.ui.loaders import registry_signature
 
     sig = registry_signature()
+    # Thumbnails in a row: the films either side of the threshold (below, then above), side by side.
     for title, rows in (("Just below the threshold (pass)", below[::-1]), ("Just above the threshold (flagged)", above)):
         st.markdown(f"**{title}**")
         if len(rows) == 0:
             st.caption("none")
             continue
-        for i in rows:
+        cols = st.columns(3)
+        for col, i in zip(cols, rows, strict=False):
             label = "pneumonia" if arr["labels"][i] else "normal"
             caption = f"{arr['paths'][i]} · {label} ({arr['subtypes'][i]}) · score {arr['scores'][i]:.4g}"
             try:
                 ex = _example(root, str(arr["paths"][i]), entry_id, sig)
             except Exception as e:  # a moved dataset must not break the page
-                st.caption(f"{caption} — image unavailable ({type(e).__name__}: {e})")
+                col.caption(f"{caption} — image unavailable ({type(e).__name__}: {e})")
                 continue
-            cols = st.columns(3 if ex["map"] is not None else 1)
-            cols[0].image(ex["input"], caption=caption, width="stretch", clamp=True)
-            if ex["map"] is not None:
-                cols[1].image(np.clip(ex["recon"], 0, 1), caption="reconstruction", width="stretch", clamp=True)
-                cols[2].image(heatmap(ex["map"]), caption="error map", width="stretch")
+            if ex["map"] is None:
+                col.image(ex["input"], caption=caption, width=EXAMPLE_PX, clamp=True)
+            else:
+                col.image([ex["input"], np.clip(ex["recon"], 0, 1), heatmap(ex["map"])], width=EXAMPLE_PX // 2,
+                          caption=["input", "reconstruction", "error map"], clamp=True)
+                col.caption(caption)
 
 
 @st.fragment

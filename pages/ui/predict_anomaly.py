@@ -80,7 +80,8 @@ def render_detector(entry: Any, decoded: DecodedImage) -> None:
 def render(decoded: DecodedImage, prediction: Any) -> None:
     """The anomaly score(s) of the upload against each saved threshold, and the OOD guard."""
     st.subheader("Out of the ordinary?")
-    render_ood(decoded)
+    if "ood" not in getattr(prediction, "extras", {}):
+        render_ood(decoded)  # the study view shows the chest X-ray check above the predictions instead
     detectors = anomaly_detector_entries()
     if not detectors:
         st.caption("No healthy-only anomaly detector in the registry (`python -m train.anomaly`).")

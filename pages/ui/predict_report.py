@@ -1,0 +1,144 @@
+"""Predict-page section: one click exports the study report (PDF): image, map, predictions, anomaly,
+the seven nearest references, the model entries with their card hashes, the date, and the disclaimer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from cxr_core.imaging import DecodedImage
+from cxr_core.report import (
+    N_NEIGHBORS,
+    ReportAnomaly,
+    ReportModel,
+    ReportNeighbor,
+    ReportPrediction,
+    StudyReport,
+    card_hashes,
+    nearest_references,
+    report_pdf,
+)
+
+from .loaders import (
+    anomaly_detector,
+    anomaly_detector_entries,
+    entries,
+    explainer,
+    is_synthetic,
+    ood_guard,
+    reference_set,
+)
+
+_TITLES = {"binary": "Normal vs pneumonia", "multiclass": "Normal / bacterial / viral"}
+
+
+def _entry(entry_id: str) -> Any:
+    return next((s.entry() for s in entries() if s.id == entry_id and s.ok), None)
+
+
+def _model(entry: Any, role: str) -> ReportModel:
+    card_sha, weights_sha = card_hashes(entry)
+    return ReportModel(entry.id, role, card_sha, weights_sha)
+
+
+def study_cam(decoded: DecodedImage, prediction: Any) -> tuple[np.ndarray | None, str]:
+    """Overlay and caption of the default map (HiResCAM) for the predicted class, 3-class model first."""
+    from cxr_core.explain import DEFAULT_METHOD, METHOD_LABELS, overlay
+
+    task = "multiclass" if "multiclass" in prediction.results else "binary"
+    res = prediction.results.get(task)
+    if res is None:
+        return None, ""
+    ex = explainer(res.entry_id, None, DEFAULT_METHOD)
+    feats = prediction.feature_maps.get(task, {}).get(ex.kept_layer) if ex.kept_layer else None
+    exp = (ex.explain_features(decoded.array, feats, method=DEFAULT_METHOD, target=res.label) if feats is not None
+           else ex.explain(decoded.array, method=DEFAULT_METHOD, target=res.label))
+    caption = f"{METHOD_LABELS[DEFAULT_METHOD]} for {res.label} ({_TITLES[task]} model, layer {exp.layer})."
+    return overlay(decoded.array, exp.cam, 0.4, "jet"), caption
+
+
+def study_report(decoded: DecodedImage, prediction: Any) -> StudyReport:
+    """Everything the report prints for this study, from the registry's cached objects."""
+    extras = prediction.extras
+    models: list[ReportModel] = []
+    preds = []
+    for task in ("binary", "multiclass"):
+        res = prediction.results.get(task)
+        if res is None:
+            continue
+        preds.append(ReportPrediction(_TITLES[task], res.label, res.as_dict, res.entry_id,
+                                      res.threshold if task == "binary" else None))
+        if (e := _entry(res.entry_id)) is not None:
+            models.append(_model(e, f"{task} classifier"))
+    anomalies = []
+    from cxr_core.anomaly import worse_than_chance
+
+    for e in anomaly_detector_entries():
+        if worse_than_chance(e):
+            continue
+        out = anomaly_detector(e.id).score(decoded.array)
+        thr = float(e.card.get("threshold", out.threshold))
+        anomalies.append(ReportAnomaly(str(e.card.get("name", e.id)), out.score, thr, out.score >= thr, e.id))
+        models.append(_model(e, "anomaly detector"))
+    verdict = extras.get("ood")
+    guard_text, guard_ok = "", None
+    if verdict is not None and not isinstance(verdict, Exception):
+        guard_ok = bool(verdict.looks_like_cxr)
+        guard_text = ("looks like a chest X-ray" if guard_ok else "does NOT look like a pediatric chest X-ray: "
+                      + "; ".join(verdict.reasons))
+        if verdict.distance is not None:
+            guard_text += f" (feature distance {verdict.distance:.3g}, flags at {verdict.threshold:.3g})"
+    guard = ood_guard()
+    if guard is not None and guard.entry_id and (e := _entry(guard.entry_id)) is not None:
+        models.append(_model(e, "chest X-ray guard"))
+    neighbors: list[ReportNeighbor] = []
+    note = ""
+    if prediction.embedding is not None and prediction.embedding_entry:
+        ref = reference_set(prediction.embedding_entry)
+        if ref is not None and np.asarray(prediction.embedding).shape[-1] == ref.knn.embeddings.shape[1]:
+            rows, dist, self_row = nearest_references(ref.knn, prediction.embedding, N_NEIGHBORS)
+            neighbors = [ReportNeighbor(np.asarray(ref.thumbs[r]), str(ref.labels[r]), float(d), str(ref.splits[r]))
+                         for r, d in zip(rows, dist, strict=True)]
+            note = (f"Cosine distance between embeddings of {prediction.embedding_entry}; reference set of "
+                    f"{len(ref):,} images.") + (" The study itself is a reference image and is left out."
+                                                if self_row is not None else "")
+    cam, cam_caption = study_cam(decoded, prediction)
+    technical: list[tuple[str, str]] = []
+    raw = extras.get("raw")
+    if decoded.format == "DICOM" and raw is not None:
+        from cxr_core.dicom_view import read_dicom
+
+        try:
+            technical = read_dicom(raw).header.rows_for_display()
+        except Exception:  # the header panel is optional in a report
+            technical = []
+    notes = []
+    if any(is_synthetic(s.card) for s in entries() if s.ok and s.id in {m.entry_id for m in models}):
+        notes.append("Models trained on synthetic phantoms (demo registry): nothing here is a clinical finding.")
+    from pages.ui.widgets import clean_filename
+
+    return StudyReport(
+        study=clean_filename(extras.get("name", "study")), image=np.asarray(extras.get("display", decoded.array)),
+        image_format=decoded.format, predictions=preds, models=models, cam=cam, cam_caption=cam_caption,
+        guard=guard_text, guard_ok=guard_ok, anomalies=anomalies, neighbors=neighbors, neighbors_note=note,
+        technical=technical, notes=notes,
+    )
+
+
+def render(decoded: DecodedImage, prediction: Any) -> None:
+    """A download button; the PDF is built when it is clicked, in memory."""
+    from pages.ui.predict_study import digest
+
+    st.download_button(
+        "Export study report (PDF)",
+        data=lambda: report_pdf(study_report(decoded, prediction)),
+        file_name=f"cxr-lens-report-{digest(decoded)[:10]}.pdf",
+        mime="application/pdf",
+        on_click="ignore",
+        key="report_download",
+        help="Image, class activation map, predictions with the operating threshold, anomaly score, the seven "
+             "nearest reference images, model entries with their card hashes. No DICOM patient field.",
+        icon=":material/picture_as_pdf:",
+    )
