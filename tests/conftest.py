@@ -1,9 +1,15 @@
-"""Shared fixtures: real-data locations (skipped with a reason when absent) and small built registries."""
+"""Shared fixtures: real-data locations (skipped with a reason when absent) and small built registries.
+
+The CI policy lives here too: :func:`missing_dependency` skips a test with its reason locally, but
+in CI (``CI`` set and not false) it fails the test with that reason, so a green CI run cannot hide a
+missing chromium, playwright, tifffile, JPEG 2000 codec or ``../shared/data``.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import torch
@@ -15,11 +21,35 @@ SHARED_DATA = Path(os.environ.get("CXR_SHARED_DATA", REPO.parent / "shared" / "d
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-def _shared(name: str) -> Path:
+def in_ci() -> bool:
+    """True when the ``CI`` environment variable is set to anything but empty/0/false/no."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def missing_dependency(reason: str) -> NoReturn:
+    """Skip the test because a dependency is missing; in CI, fail it instead, naming the dependency.
+
+    Only for "this machine lacks X" skips (chromium, playwright, tifffile, Pillow's JPEG 2000 codec,
+    the shared real data): a test that does not apply for another reason skips with ``pytest.skip``.
+    """
+    if in_ci():
+        pytest.fail(f"CI must not skip on a missing dependency: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def shared_data_missing_reason(name: str) -> str | None:
+    """Why ``$CXR_SHARED_DATA/<name>`` (default ``../shared/data/<name>``) cannot be used, or None."""
     path = SHARED_DATA / name
     if not (path / "manifest.csv").is_file():
-        pytest.skip(f"real data {path} is absent (expected ../shared/data/{name} beside the repo)")
-    return path
+        return f"real data {path} is absent (expected ../shared/data/{name} beside the repo, or $CXR_SHARED_DATA)"
+    return None
+
+
+def _shared(name: str) -> Path:
+    reason = shared_data_missing_reason(name)
+    if reason:
+        missing_dependency(reason)
+    return SHARED_DATA / name
 
 
 @pytest.fixture(scope="session")

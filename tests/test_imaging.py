@@ -27,6 +27,7 @@ from cxr_core.imaging import (
     decode_image,
     read_gray,
 )
+from tests.conftest import missing_dependency
 from tests.upload_corpus import PHI_ID, PHI_NAME, dicom
 
 # ----------------------------------------------------------------------------- builders
@@ -243,9 +244,17 @@ def test_palette_png_and_palette_with_transparency():
     r = decode_image(pil_bytes(im, "PNG"))
     assert_valid(r)
     np.testing.assert_array_equal(r.array, ramp())
-    im.info["transparency"] = 0  # palette index 0 transparent
-    r = decode_image(pil_bytes(im, "PNG", transparency=0))
+    # One mid-grey palette entry transparent: those pixels composite over black (0), the rest keep
+    # their grey, and the page is told. (Index 0 would be black already and prove nothing.)
+    indices = np.asarray(im)
+    t = int(indices[0, 32])
+    assert ramp()[0, 32] > 100
+    r = decode_image(pil_bytes(im, "PNG", transparency=t))
     assert_valid(r)
+    want = np.where(indices == t, 0, ramp()).astype(np.uint8)
+    assert (indices == t).sum() >= ramp().shape[0], "the transparent index must cover a column at least"
+    np.testing.assert_array_equal(r.array, want)
+    assert "Transparent areas were composited over black." in " ".join(r.notices)
 
 
 def test_la_and_1bit_png():
@@ -261,9 +270,12 @@ def test_jpeg_gray_and_cmyk():
     assert_valid(r)
     assert r.format == "JPEG" and r.bit_depth == 8
     assert np.abs(r.array.astype(int) - ramp()).max() <= 6
+    # A grey ramp stored as CMYK (Adobe JPEG): the same ramp comes back, not its negative or one ink.
     cmyk = Image.fromarray(np.dstack([ramp()] * 3)).convert("CMYK")
-    r = decode_image(pil_bytes(cmyk, "JPEG"))
+    r = decode_image(pil_bytes(cmyk, "JPEG", quality=95))
     assert_valid(r)
+    assert r.format == "JPEG" and r.array.shape == ramp().shape
+    assert np.abs(r.array.astype(int) - ramp()).max() <= 6
 
 
 def test_exif_rotated_jpeg_comes_out_rotated():
@@ -301,7 +313,10 @@ def test_tiff_8bit_16bit_float_and_multipage():
 
 
 def test_tiff_pillow_cannot_read_falls_back_to_tifffile():
-    tifffile = pytest.importorskip("tifffile")
+    try:
+        import tifffile
+    except ImportError as exc:
+        missing_dependency(f"tifffile is not installed: {exc}")
     buf = io.BytesIO()
     # Half-float samples: Pillow has no mode for them, tifffile reads them.
     # (12-bit packed TIFFs need imagecodecs to write, which is not installed.)
@@ -474,7 +489,7 @@ def test_dicom_jpeg2000_lossless_16bit():
     try:
         j2k = pil_bytes(Image.fromarray(a), "JPEG2000", irreversible=False, no_jp2=True)
     except OSError as exc:  # Pillow built without OpenJPEG
-        pytest.skip(f"Pillow cannot write JPEG 2000: {exc}")
+        missing_dependency(f"Pillow's JPEG 2000 codec (OpenJPEG) is missing: {exc}")
     r = decode_image(encapsulated_dicom(j2k, a.shape, 12, JPEG2000Lossless))
     assert r.array[0, 0] == 0 and r.array[0, -1] == 255
 

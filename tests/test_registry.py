@@ -78,31 +78,55 @@ def test_card_cannot_point_outside_the_entry(tmp_path: Path):
     assert not status.ok and "invalid file name" in status.reason
 
 
-def test_pickle_bearing_files_are_refused(tmp_path: Path):
-    with pytest.raises(RegistryError, match="pickle"):
-        write_entry(tmp_path, {"kind": "detector"}, arrays={"x.npz": {"o": np.array([{"a": 1}], dtype=object)}})
-    e = _entry(tmp_path)
-    # Replace index.npz with one holding an object array and fix up the hash: loading must still refuse it.
-    np.savez(e.path / "evil.npz", o=np.array([{"a": 1}], dtype=object))
+class _Payload:
+    """Unpickling this calls ``open(marker, "w")``: the marker file exists iff something unpickled it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def _rehash(entry_path: Path, card: dict, name: str) -> None:
     from cxr_core.registry import sha256_file
 
-    (e.path / "index.npz").write_bytes((e.path / "evil.npz").read_bytes())
+    f = entry_path / name
+    card["files"][name] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
+    (entry_path / "card.json").write_text(json.dumps(card))
+
+
+def test_pickle_bearing_files_are_refused(tmp_path: Path):
+    from safetensors import SafetensorError
+
+    marker = tmp_path / "unpickled.marker"
+    evil = np.empty(1, dtype=object)
+    evil[0] = _Payload(marker)
+    # The payload works: plain unpickling writes the marker (so its absence below means "never unpickled").
+    pickle.loads(pickle.dumps(_Payload(marker)))
+    assert marker.exists()
+    marker.unlink()
+
+    with pytest.raises(RegistryError, match="pickle"):
+        write_entry(tmp_path / "w", {"kind": "detector"}, arrays={"x.npz": {"o": evil}})
+    assert not marker.exists()
+
+    e = _entry(tmp_path / "reg")
     card = json.loads((e.path / "card.json").read_text())
-    card["files"]["index.npz"] = {"sha256": sha256_file(e.path / "index.npz"), "bytes": (e.path / "index.npz").stat().st_size}
-    (e.path / "card.json").write_text(json.dumps(card))
-    loaded = load_entry(tmp_path, e.id)
+    # index.npz replaced by one holding the object array, hash fixed up: loading must still refuse it.
+    np.savez(e.path / "index.npz", o=evil)
+    _rehash(e.path, card, "index.npz")
     with pytest.raises(ValueError, match="allow_pickle"):
-        loaded.load_npz("index.npz")
-    # A pickled "weights" file is not safetensors and does not load.
-    (e.path / "weights.safetensors").write_bytes(pickle.dumps({"w": 1}))
-    card["files"]["weights.safetensors"] = {
-        "sha256": sha256_file(e.path / "weights.safetensors"),
-        "bytes": (e.path / "weights.safetensors").stat().st_size,
-    }
-    (e.path / "card.json").write_text(json.dumps(card))
+        load_entry(tmp_path / "reg", e.id).load_npz("index.npz")
+    assert not marker.exists(), "index.npz was unpickled"
+
+    # A pickled "weights" file is not safetensors: safetensors' own error, nothing unpickled.
+    (e.path / "weights.safetensors").write_bytes(pickle.dumps({"w": _Payload(marker)}))
+    _rehash(e.path, card, "weights.safetensors")
     with pytest.raises(Exception) as info:
-        load_entry(tmp_path, e.id).load_weights()
-    assert not isinstance(info.value, pickle.UnpicklingError)
+        load_entry(tmp_path / "reg", e.id).load_weights()
+    assert not marker.exists(), "weights.safetensors was unpickled"
+    assert isinstance(info.value, SafetensorError), f"not safetensors' error: {info.value!r}"
 
 
 def test_concurrent_threshold_updates_leave_a_valid_card(tmp_path: Path):

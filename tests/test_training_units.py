@@ -143,10 +143,22 @@ def test_cli_parses_every_documented_flag():
 def test_cli_rejects_impossible_combinations(capsys):
     from train.classifier import parse_args
 
-    with pytest.raises(SystemExit):
-        parse_args(["--data", "D", "--tta", "0"])
-    with pytest.raises(SystemExit):
-        parse_args(["--data", "D", "--no-pretrained", "--freeze-stages", "3"])
+    """argparse's usage error (exit code 2) with the reason on stderr, for each impossible combination."""
+    from cxr_core.preprocess import TTA_VIEWS
+
+    cases = [
+        (["--data", "D", "--tta", "0"], f"error: tta must be between 1 and {len(TTA_VIEWS)}"),
+        (["--data", "D", "--no-pretrained", "--freeze-stages", "3"],
+         "error: freezing stages of a randomly initialised network makes no sense: drop --freeze-stages"),
+    ]
+    for argv, message in cases:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            parse_args(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2, f"{argv}: exit code {info.value.code!r}, expected argparse's 2"
+        assert message in err, f"{argv}: {message!r} not in stderr {err!r}"
+        assert err.startswith("usage: "), err
 
 
 def test_results_command_round_trips_through_the_cli():
