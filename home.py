@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from cxr_core.registry import is_release
 from pages.ui.loaders import entries, is_synthetic, registry_path
 from pages.ui.widgets import demo_banner
 
@@ -22,7 +23,9 @@ demo_banner()
 root = registry_path()
 statuses = entries()
 st.subheader("Registry")
-st.caption(f"`{root}` — set `CXR_REGISTRY` to use another folder.")
+st.caption(f"`{root}` — set `CXR_REGISTRY` to use another folder"
+           + (" (this is the committed release registry: read-only; thresholds you save go to your settings file)."
+              if is_release(root) else "."))
 
 if not any(s.ok and s.card and s.card.get("kind") == "classifier" for s in statuses):
     st.warning("The registry has no usable classifier yet.")

@@ -73,13 +73,14 @@ def _images(folder: Path, n: int) -> list[Path]:
 
 def _knn_stage(predictor: Any) -> tuple[Callable[[np.ndarray], Any] | None, str]:
     """What the Predict page's neighbour section computes: K nearest references and the map position."""
+    from cxr_core.compact import has_thumbs
     from cxr_core.neighbors import ReferenceSet
 
     clf = predictor.embedding_model()
     if clf is None:
         return None, "no classifier"
     entry = clf.entry
-    if not (entry.has("index.npz") and entry.has("thumbs.npy")):
+    if not (entry.has("index.npz") and has_thumbs(entry.card.get("files", {}))):
         return None, f"`{entry.id}` has no index.npz (build it with `python -m train.index {entry.id} --data DIR`)"
     ref = ReferenceSet.from_entry(entry)
     map_name = next((m for m in ("umap_2d", "tsne_2d") if m in ref.maps), None)

@@ -81,5 +81,11 @@ class Paths:
 
     registry_env: str = "CXR_REGISTRY"
     registry_default: str = "registry"
+    #: Committed release registries, relative to the repository root, and the one served by default.
+    release_dir: str = "release"
+    release_default: str = "kermany-224"
+    #: Per-user settings saved over a read-only (release) registry: ``$CXR_SETTINGS`` or this file.
+    settings_env: str = "CXR_SETTINGS"
+    settings_default: str = "~/.config/cxr-lens/settings.json"
     demo_data_default: str = "registry/_demo_data"
     extra: dict[str, str] = field(default_factory=dict)

@@ -37,11 +37,11 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 def load_classifier(entry: Entry, device: str = "cpu") -> LoadedClassifier:
-    """Build the card's architecture and load its safetensors weights (strict)."""
-    from .models import model_from_card
+    """Build the card's architecture and load its safetensors weights (strict, or the release's
+    trained part over the pip ImageNet weights: ``compact.load_classifier_weights``)."""
+    from .compact import load_classifier_weights
 
-    model = model_from_card(entry.card)
-    model.load_state_dict(entry.load_weights(), strict=True)
+    model = load_classifier_weights(entry.card, entry.load_weights())
     dev = pick_device(device)
     model = model.to(dev).eval().to(memory_format=torch.channels_last)
     spec = InputSpec.from_dict(entry.card["input"])

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from .compact import load_thumbs
+
 if TYPE_CHECKING:
     from .registry import Entry
 
@@ -231,7 +233,7 @@ class ReferenceSet:
             predicted=z["predicted"],
             knn_predicted=z["knn_predicted"] if "knn_predicted" in z else np.full(n, -1),
             knn=KnnIndex(z["embeddings"], z["targets"], len(classes), k),
-            thumbs=entry.load_npy("thumbs.npy", mmap=True),
+            thumbs=load_thumbs(entry),
             maps={name: np.asarray(v, dtype=np.float32) for name, v in maps.items()},
             data_root=info.get("data_root"),
             info=info,

@@ -1,6 +1,7 @@
 """The model registry: the contract between ``train/`` and the app.
 
-One folder per entry under ``$CXR_REGISTRY`` (default ``./registry``)::
+One folder per entry under ``$CXR_REGISTRY`` (writers default to ``./registry``; the app
+serves the committed release registry when ``$CXR_REGISTRY`` is unset, see ``serving_root``)::
 
     <entry-id>/card.json            metadata (JSON), incl. sha256 of every other file
     <entry-id>/weights.safetensors  tensors (safetensors; never pickle)
@@ -11,6 +12,11 @@ updates are read-modify-write under a file lock with an atomic replace, so reade
 never see half an entry and concurrent threshold saves leave a valid card. Every
 file's hash is verified on load; a broken entry is *reported* (``EntryStatus``), so
 that the app can show it as broken and keep serving the others.
+
+A *release* registry (a root holding ``release.json``) is read-only: the manifest holds the
+sha256 of every card, so an edited card breaks its entry like an edited file does, and
+settings a user saves (a tuned threshold) go to the per-user overlay (``cxr_core.overlay``),
+which is applied when the card is read.
 """
 
 from __future__ import annotations
@@ -34,10 +40,12 @@ import numpy as np
 
 from . import __version__
 from .config import Paths
+from .overlay import OVERLAY_KEYS, apply_overlay, save_entry_settings
 
 SCHEMA_VERSION = 1
 CARD_NAME = "card.json"
 WEIGHTS_NAME = "weights.safetensors"
+RELEASE_MANIFEST = "release.json"
 KINDS = ("classifier", "autoencoder", "detector")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -51,6 +59,40 @@ def registry_root(root: str | os.PathLike | None = None) -> Path:
     """The registry folder: ``root``, else ``$CXR_REGISTRY``, else ``./registry``."""
     paths = Paths()
     return Path(root or os.environ.get(paths.registry_env) or paths.registry_default)
+
+
+def release_dir() -> Path:
+    """Where the committed release registries live: ``release/`` at the repository root."""
+    return Path(__file__).resolve().parent.parent / Paths().release_dir
+
+
+def serving_root() -> Path:
+    """The registry the app serves: ``$CXR_REGISTRY``, else the committed release, else ``./registry``."""
+    paths = Paths()
+    env = os.environ.get(paths.registry_env)
+    if env:
+        return Path(env)
+    release = release_dir() / paths.release_default
+    if (release / RELEASE_MANIFEST).is_file():
+        return release
+    return Path(paths.registry_default)
+
+
+def is_release(root: str | os.PathLike) -> bool:
+    """Whether ``root`` is a read-only release registry (it holds a ``release.json`` manifest)."""
+    return (Path(root) / RELEASE_MANIFEST).is_file()
+
+
+def read_release_manifest(root: str | os.PathLike) -> dict[str, Any]:
+    """The release manifest of ``root`` (``{}`` when it is not a release)."""
+    path = Path(root) / RELEASE_MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RegistryError(f"{RELEASE_MANIFEST} is not valid JSON ({e})") from None
+    return data if isinstance(data, dict) else {}
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -166,9 +208,12 @@ class Entry:
         return self.path / name
 
     def load_weights(self, name: str = WEIGHTS_NAME) -> dict[str, Any]:
+        """The tensors of a safetensors file; float16 ones (release storage) come back as float32."""
+        import torch
         from safetensors.torch import load_file
 
-        return load_file(str(self.file(name)))
+        tensors = load_file(str(self.file(name)))
+        return {k: v.float() if v.dtype == torch.float16 else v for k, v in tensors.items()}
 
     def load_npz(self, name: str) -> dict[str, np.ndarray]:
         with np.load(self.file(name), allow_pickle=False) as z:
@@ -281,6 +326,9 @@ def update_card(entry: Entry | str | os.PathLike, change: Callable[[dict[str, An
     in place. ``files`` and ``id`` cannot be changed this way.
     """
     path = entry.path if isinstance(entry, Entry) else Path(entry)
+    if is_release(path.parent):
+        raise RegistryError(f"{path.parent} is a release registry and is never modified; save settings "
+                            "through cxr_core.overlay instead")
     with _locked(path):
         card = _read_card(path)
         before = (card.get("id"), json.dumps(card.get("files"), sort_keys=True))
@@ -295,6 +343,20 @@ def update_card(entry: Entry | str | os.PathLike, change: Callable[[dict[str, An
     if isinstance(entry, Entry):
         entry.card = card
     return card
+
+
+def save_settings(entry: Entry, changes: dict[str, Any]) -> str:
+    """Save user-tunable card values (``overlay.OVERLAY_KEYS``): into the card, or, for a release
+    entry, into the user's settings file. Returns where they went, in words for the page."""
+    bad = sorted(set(changes) - set(OVERLAY_KEYS))
+    if bad:
+        raise RegistryError(f"not a user setting: {', '.join(bad)}")
+    if is_release(entry.path.parent):
+        path = save_entry_settings(entry.id, changes)
+        entry.card = {**entry.card, **changes}
+        return f"your settings file `{path}` (the release registry itself is never modified)"
+    update_card(entry, lambda c: c.update(changes))
+    return f"the card of `{entry.id}`"
 
 
 def _read_card(path: Path) -> dict[str, Any]:
@@ -342,9 +404,21 @@ def verify_entry(path: str | os.PathLike, *, check_hashes: bool = True) -> Entry
                 raise RegistryError(f"{name} has {fp.stat().st_size} bytes, the card says {meta.get('bytes')} (truncated or replaced)")
             if check_hashes and sha256_file(fp) != meta.get("sha256"):
                 raise RegistryError(f"{name} does not match its sha256 in the card (modified or corrupt)")
+        if is_release(p.parent):
+            card = _release_card(p, card, check_hashes)
         return EntryStatus(p.name, p, True, None, card)
     except RegistryError as e:
         return EntryStatus(p.name, p, False, str(e), None)
+
+
+def _release_card(p: Path, card: dict[str, Any], check_hashes: bool) -> dict[str, Any]:
+    """A release entry's card checked against the manifest, with the user's saved settings over it."""
+    expected = read_release_manifest(p.parent).get("cards", {}).get(p.name)
+    if expected is None:
+        raise RegistryError(f"the entry is not listed in the release's {RELEASE_MANIFEST}")
+    if check_hashes and sha256_file(p / CARD_NAME) != expected:
+        raise RegistryError(f"card.json does not match its sha256 in {RELEASE_MANIFEST} (modified after the release was built)")
+    return apply_overlay(p.parent, card)
 
 
 def list_entries(root: str | os.PathLike | None = None, *, check_hashes: bool = True) -> list[EntryStatus]:

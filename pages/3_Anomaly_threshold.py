@@ -7,7 +7,7 @@ import math
 import numpy as np
 import streamlit as st
 
-from cxr_core.registry import RegistryError, update_card
+from cxr_core.registry import RegistryError, save_settings
 from pages.ui.anomaly_views import heatmap
 from pages.ui.loaders import anomaly_detector, anomaly_detector_entries, anomaly_scores
 from pages.ui.threshold_panel import panel_data, threshold_panel
@@ -172,13 +172,14 @@ def operating_point() -> None:
     # The label carries the value the server holds: the panel commits on release, so this is what Save writes.
     if s1.button(f"Save threshold {threshold:.{decimals}f}", type="primary", key=f"save::{entry_id}"):
         try:
-            update_card(entry.path, lambda c: c.update(
+            where = save_settings(entry, dict(
                 threshold=float(threshold),
                 threshold_source={"name": "manual", "split": split, "set_on_page": True,
                                   "at_threshold": {k: m[k] for k in ("sensitivity", "specificity", "precision", "f1")}},
             ))
             card["threshold"] = float(threshold)
-            s2.success(f"Saved threshold {threshold:.4g} to `{entry_id}`. The Predict page uses it from now on.")
+            s2.success(f"Saved threshold {threshold:.4g} for `{entry_id}` to {where}. "
+                       "The Predict page uses it from now on.")
         except (RegistryError, OSError) as e:
             s2.error(f"Could not save the threshold: {e}")
     elif np.isfinite(saved) and not math.isclose(saved, threshold, rel_tol=1e-9, abs_tol=1e-12):

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import streamlit as st
 
+from cxr_core.compact import has_thumbs
+from cxr_core.overlay import settings_path
 from cxr_core.predict import Predictor
-from cxr_core.registry import EntryStatus, list_entries, registry_root
+from cxr_core.registry import EntryStatus, is_release, list_entries, serving_root
 from cxr_core.runtime import limit_blas_threads
 
 # Once per server process (this module is imported once): see cxr_core.runtime for the measurement.
@@ -16,7 +18,8 @@ limit_blas_threads()
 
 
 def registry_path() -> Path:
-    return registry_root().resolve()
+    """The registry this server shows: ``$CXR_REGISTRY``, else the committed release (``serving_root``)."""
+    return serving_root().resolve()
 
 
 def registry_signature(root: Path | None = None) -> tuple:
@@ -24,7 +27,11 @@ def registry_signature(root: Path | None = None) -> tuple:
     root = root or registry_path()
     if not root.is_dir():
         return ()
-    sig = []
+    sig: list[tuple] = []
+    if is_release(root):
+        # Saved settings are laid over a release's cards when they are read.
+        path = settings_path()
+        sig.append(("settings", str(path), *((path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else ())))
     for d in sorted(root.iterdir()):
         if not d.is_dir() or d.name.startswith((".", "_")):
             continue
@@ -238,7 +245,7 @@ def _reference_set(root: str, signature: tuple, entry_id: str):
     if status is None or not status.ok:
         return None
     entry = status.entry()
-    return ReferenceSet.from_entry(entry) if entry.has("index.npz") and entry.has("thumbs.npy") else None
+    return ReferenceSet.from_entry(entry) if entry.has("index.npz") and has_thumbs(entry.card.get("files", {})) else None
 
 
 def reference_set(entry_id: str):
@@ -252,5 +259,5 @@ def indexed_classifiers() -> list[EntryStatus]:
     return [
         s for s in entries()
         if s.ok and s.card and s.card.get("kind") == "classifier"
-        and {"index.npz", "thumbs.npy"} <= set(s.card.get("files", {}))
+        and "index.npz" in s.card.get("files", {}) and has_thumbs(s.card.get("files", {}))
     ]

@@ -8,18 +8,34 @@ from typing import Any
 
 import streamlit as st
 
+from cxr_core.registry import is_release, read_release_manifest
+
 from .loaders import entries, is_synthetic, registry_path
 
 
 def demo_banner() -> None:
-    """Say plainly when the models were trained on synthetic phantoms."""
+    """Say which registry is loaded and what its models were trained on (every page calls this).
+
+    The committed release: real films, with the attribution and "not a medical device"; models
+    trained on synthetic phantoms: the demo banner; anything else: the registry's path.
+    """
+    root = registry_path()
     usable = [s for s in entries() if s.ok and s.card and s.card.get("kind") == "classifier"]
-    if usable and all(is_synthetic(s.card) for s in usable):
+    if is_release(root):
+        manifest = read_release_manifest(root)
+        st.info(
+            f"**Release models `{manifest.get('name', root.name)}`**: trained on real pediatric chest X-rays "
+            "(Kermany 2018, CC BY 4.0); research use, not a medical device.",
+            icon="🫁",
+        )
+    elif usable and all(is_synthetic(s.card) for s in usable):
         st.info(
             "**Synthetic demo data.** These models were trained on generated phantoms, not on real patients. "
-            "Nothing here is a clinical finding. See the home page for training on the real dataset.",
+            f"Nothing here is a clinical finding. Registry: `{root}`.",
             icon="🧪",
         )
+    else:
+        st.caption(f"Registry: `{root}`")
 
 
 def require_classifier() -> bool:
