@@ -73,10 +73,20 @@ def synthetic_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_registry(tmp_path_factory, synthetic_data) -> Path:
-    """A registry with a binary and a 3-class classifier trained briefly on the synthetic set."""
+    """A registry with a binary and a 3-class classifier trained briefly on the synthetic set.
+
+    For quick iterations, ``CXR_TEST_TINY_REGISTRY`` names a registry built earlier by this recipe;
+    the fixture then returns a copy of it instead of training (as the browser fixtures do).
+    """
+    import shutil
+
     from cxr_core.training import TrainConfig, train_classifier
 
     root = tmp_path_factory.mktemp("registry")
+    prebuilt = os.environ.get("CXR_TEST_TINY_REGISTRY")
+    if prebuilt:
+        shutil.copytree(prebuilt, root, dirs_exist_ok=True)
+        return root
     for task in ("binary", "multiclass"):
         train_classifier(
             TrainConfig(

@@ -126,10 +126,16 @@ def test_trained_maps_valid_for_every_class(tiny: dict[str, Explainer], test_ima
                     if not e.empty:
                         _non_constant(e.cam, box)
                     assert abs(float(e.probs.sum()) - 1.0) < 1e-5
-            # The predicted-class maps are the ones the app shows first: they must say something.
+            # The predicted-class maps are the ones the app shows first: the target is the class the
+            # page predicts (the card's threshold on P(pneumonia) for binary, argmax for 3 classes).
             for e in ex.explain_batch(test_images, method):
-                assert e.target == int(np.argmax(e.probs)) or task == "binary"
+                assert e.target == _predicted(task, e.probs, ex.threshold), (task, method, e.probs, e.target)
                 _valid(e.cam, SHAPE)
+
+
+def _predicted(task: str, probs: np.ndarray, threshold: float) -> int:
+    """The class the app shows for ``probs``, written out here rather than taken from the library."""
+    return int(probs[1] >= threshold) if task == "binary" else int(np.argmax(probs))
 
 
 @pytest.mark.parametrize("method", ["hirescam", "gradcam"])
@@ -209,7 +215,13 @@ def test_explain_leaves_the_prediction_model_alone_and_works_under_inference_mod
         ref = clf.model(x)
         ex = Explainer.from_loaded(clf)
         e = ex.explain(gray)  # the app's predictor runs in inference mode; CAM needs grads anyway
-    assert not e.empty or e.target in (0, 1)
+    # The explained class is the one the prediction model predicts (threshold on its own logit), and
+    # the explainer's copy computes the same probabilities; "empty" means exactly "no positive map".
+    p_pneumonia = float(torch.sigmoid(ref.reshape(-1)[0].float()))
+    assert e.target == int(p_pneumonia >= clf.threshold), (p_pneumonia, clf.threshold, e.target)
+    assert e.target_name == clf.classes[e.target]
+    np.testing.assert_allclose(e.probs, [1 - p_pneumonia, p_pneumonia], atol=1e-5)
+    assert e.empty == (not e.cam.any())
     _valid(e.cam, SHAPE)
     assert _hooks(clf.model) == 0
     assert all(torch.equal(before[k], v) for k, v in clf.model.state_dict().items())
