@@ -60,7 +60,8 @@ class StudyFile:
     """One study to process: its display name and bytes (in memory), or why it could not be taken."""
 
     name: str
-    data: bytes
+    #: The file's bytes; left out of ``repr`` (a DICOM's header is in them: never print or log it).
+    data: bytes = field(repr=False)
     #: Set when the file never reaches the decoder (e.g. a zip member that is encrypted or too big).
     error: str | None = None
 

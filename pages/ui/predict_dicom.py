@@ -15,7 +15,8 @@ from cxr_core.imaging import DecodedImage, ImageDecodeError
 _MODES = ("From the file", "Automatic", "Custom")
 
 
-def _study(raw: bytes) -> DicomStudy:
+def dicom_study(raw: bytes) -> DicomStudy:
+    """The parsed study, kept in this session for the last DICOM shown."""
     import hashlib
 
     cache = st.session_state.setdefault("dicom_views", {})
@@ -30,7 +31,7 @@ def render_dicom(shown: str, raw: bytes, decoded: DecodedImage, key: str) -> np.
     """Show the DICOM image with its window controls and header panel; return the array displayed."""
     h, w = decoded.original_shape
     try:
-        study = _study(raw)
+        study = dicom_study(raw)
     except ImageDecodeError as e:
         st.image(decoded.array, caption=f"{shown} · DICOM · {w}×{h}", width="stretch")
         st.caption(f"Window/level unavailable: {e.message}")

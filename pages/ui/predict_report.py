@@ -105,15 +105,7 @@ def study_report(decoded: DecodedImage, prediction: Any) -> StudyReport:
                     f"{len(ref):,} images.") + (" The study itself is a reference image and is left out."
                                                 if self_row is not None else "")
     cam, cam_caption = study_cam(decoded, prediction)
-    technical: list[tuple[str, str]] = []
-    raw = extras.get("raw")
-    if decoded.format == "DICOM" and raw is not None:
-        from cxr_core.dicom_view import read_dicom
-
-        try:
-            technical = read_dicom(raw).header.rows_for_display()
-        except Exception:  # the header panel is optional in a report
-            technical = []
+    technical = list(extras.get("technical") or [])
     notes = []
     if any(is_synthetic(s.card) for s in entries() if s.ok and s.id in {m.entry_id for m in models}):
         notes.append("Models trained on synthetic phantoms (demo registry): nothing here is a clinical finding.")

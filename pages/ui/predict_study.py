@@ -114,6 +114,18 @@ def display_image(name: str, raw: bytes | None, decoded: DecodedImage, key: str)
     return render_dicom(shown, raw, decoded, key)
 
 
+def technical_rows(raw: bytes | None, decoded: DecodedImage) -> list[tuple[str, str]]:
+    """The technical header panel's rows of a DICOM study (empty for other formats or an unreadable header)."""
+    if decoded.format != "DICOM" or raw is None:
+        return []
+    from pages.ui.predict_dicom import dicom_study
+
+    try:
+        return dicom_study(raw).header.rows_for_display()
+    except Exception:  # the header panel is optional
+        return []
+
+
 def render_study(name: str, raw: bytes | None, decoded: DecodedImage, *, tta: bool = False, key: str = "study") -> None:
     """The whole view of one decoded study (``raw``: its bytes, for the colour check and the DICOM header)."""
     for notice in decoded.notices:
@@ -140,7 +152,8 @@ def render_study(name: str, raw: bytes | None, decoded: DecodedImage, *, tta: bo
         render_predictions(pred, flagged)
     pred.extras["display"] = shown
     pred.extras["name"] = name
-    pred.extras["raw"] = raw
+    # The DICOM's technical header rows only (allow-listed in cxr_core.dicom_view), never its bytes.
+    pred.extras["technical"] = technical_rows(raw, decoded)
 
     # Sections: one line each, ``predict_section("predict_<name>", decoded, pred)`` renders
     # pages/ui/predict_<name>.py; a section that fails shows an error and the others still render.
