@@ -285,25 +285,65 @@ def _render_section(image_path: str) -> None:
     render(decode_image(image_path), None)
 
 
+def _shown_detectors(at) -> dict[str, tuple[float, str]]:
+    """{detector name: (shown score, delta text)} from the section's metrics."""
+    return {m.label: (float(m.value), str(m.delta)) for m in at.metric}
+
+
 def test_predict_section_scores_an_upload(anomaly_registry, synthetic_data, tmp_path, monkeypatch):
+    """Each useful detector's shown score is the detector's own score for the image (``LoadedDetector.score``),
+    and "above/below threshold" and the flag caption follow the card's threshold, on both sides of the score."""
     from streamlit.testing.v1 import AppTest
 
-    from cxr_core.registry import update_card
+    from cxr_core.anomaly import load_detector
+    from cxr_core.imaging import decode_image
+    from cxr_core.registry import load_entry, update_card
 
     reg = _copy(anomaly_registry, tmp_path / "reg")
     # The fixture's briefly trained autoencoder may rank below chance on validation (then the page
     # leaves it out, see the next test): mark it useful so that its images are rendered here.
-    for s in list_entries(reg):
-        if s.ok and s.card["kind"] in ("autoencoder", "detector") and s.card.get("task") == "anomaly":
-            update_card(s.path, lambda c: c["metrics"]["val"].update(auroc=max(c["metrics"]["val"]["auroc"], 0.7)))
+    detectors = [s for s in list_entries(reg)
+                 if s.ok and s.card["kind"] in ("autoencoder", "detector") and s.card.get("task") == "anomaly"]
+    for s in detectors:
+        update_card(s.path, lambda c: c["metrics"]["val"].update(auroc=max(c["metrics"]["val"]["auroc"], 0.7)))
     monkeypatch.setenv("CXR_REGISTRY", str(reg))
     img = next((synthetic_data / "test" / "PNEUMONIA").glob("*.png"))
-    at = AppTest.from_function(_render_section, args=(str(img),), default_timeout=TIMEOUT).run()
-    assert not at.exception, at.exception
-    names = {m.label for m in at.metric}
-    assert len(names) == 3 and any("Autoencoder" in n for n in names)
-    assert all("threshold" in str(m.delta) for m in at.metric)
-    assert not any("worse than chance" in c.value for c in at.caption)
+    gray = decode_image(str(img)).array
+    # The reference: each detector loaded straight from its entry and run on the image here.
+    own = {}
+    for s in detectors:
+        entry = load_entry(reg, s.id)
+        own[str(entry.card.get("name", entry.id))] = (entry.id, load_detector(entry).score(gray).score)
+    assert len(own) == 3 and any("Autoencoder" in n for n in own)
+
+    def check(expect_flag: bool | None) -> None:
+        at = AppTest.from_function(_render_section, args=(str(img),), default_timeout=TIMEOUT).run()
+        assert not at.exception, at.exception
+        shown = _shown_detectors(at)
+        assert set(shown) == set(own), (shown, own)
+        captions = [c.value for c in at.caption]
+        assert not any("worse than chance" in c for c in captions)
+        flags = {}
+        for name, (entry_id, score) in own.items():
+            value, delta = shown[name]
+            # The metric shows the score with 4 significant digits.
+            assert value == pytest.approx(score, rel=6e-4, abs=1e-12), f"{name}: shown {value}, its own score {score}"
+            threshold = float(load_entry(reg, entry_id).card["threshold"])
+            flagged = score >= threshold
+            if expect_flag is not None:
+                assert flagged == expect_flag
+            assert delta == f"{'above' if flagged else 'below'} threshold {threshold:.4g}", (name, delta)
+            flags[name] = flagged
+        n_flagged = sum(flags.values())
+        assert sum(c.startswith("**Flagged as unlike the healthy training images.**") for c in captions) == n_flagged
+        assert sum(c.startswith("Within the healthy range.") for c in captions) == len(own) - n_flagged
+
+    check(None)  # the trained thresholds, whichever side each score falls
+    for flag in (True, False):  # each threshold moved just below, then just above the image's own score
+        for entry_id, score in own.values():
+            margin = max(abs(score) * 0.01, 1e-6)
+            update_card(load_entry(reg, entry_id), lambda c, t=score - margin if flag else score + margin: c.update(threshold=t))
+        check(flag)
 
 
 def test_predict_section_does_not_score_a_detector_worse_than_chance(anomaly_registry, synthetic_data, tmp_path,
