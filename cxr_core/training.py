@@ -48,6 +48,29 @@ OPTIMIZERS = ("adamw", "rmsprop")
 SCHEDULES = ("cosine", "exponential", "none")
 #: What picks the saved epoch: the task's score (AUROC / accuracy, log-loss breaking ties) or the log-loss alone.
 SELECTIONS = ("score", "log_loss")
+#: Binary operating points chosen on validation; the card stores all and puts one in use.
+OPERATING_POINTS = ("default", "youden_val", "sens95_val")
+
+#: Named training presets (``--recipe NAME``): TrainConfig fields, measured in docs/RESULTS.md (issue 14).
+#: ``cpu-baseline`` is the 2-core recipe of 2026-11 (160 px, six frozen stages). The others are the
+#: levers of issue 14 measured against it; ``cpu-best`` is the one chosen on validation.
+RECIPES: dict[str, dict[str, Any]] = {
+    "cpu-baseline": {
+        "size": 160, "freeze_stages": 6, "train_views": 2, "epochs": 8, "lr": 1e-3, "label_smoothing": 0.1,
+        "patience": 4, "device": "cpu",
+    },
+    "cpu-224": {
+        "size": 224, "freeze_stages": 6, "train_views": 2, "epochs": 8, "lr": 1e-3, "label_smoothing": 0.1,
+        "patience": 4, "device": "cpu",
+    },
+}
+#: Until a lever beats it on validation, the best measured recipe is the baseline (docs/RESULTS.md).
+RECIPES["cpu-best"] = {**RECIPES["cpu-baseline"]}
+
+
+def recipe_fields(name: str) -> dict[str, Any]:
+    """A copy of preset ``name``'s fields (nested augmentation settings copied too)."""
+    return copy.deepcopy(RECIPES[name])
 
 
 @dataclass
@@ -93,6 +116,23 @@ class TrainConfig:
     feature_cache: str | None = None
     #: torch CPU threads (None = torch's default, divided between ranks under torchrun on CPU).
     threads: int | None = None
+    #: The named preset (``RECIPES``) this configuration started from, recorded in the card.
+    recipe: str | None = None
+    #: Binary: the threshold the card puts in use ("threshold"): "default" (0.5), "youden_val" or
+    #: "sens95_val" (the highest threshold keeping validation sensitivity >= 0.95). All are stored.
+    operating_point: str = "default"
+    #: Official-test films on which HiResCAM's peak / mass inside the lung box is measured (0 = skip).
+    lung_focus_films: int = 80
+
+    @classmethod
+    def from_recipe(cls, name: str, **overrides: Any) -> TrainConfig:
+        """A configuration from a named preset of ``RECIPES``, with ``overrides`` on top."""
+        if name not in RECIPES:
+            raise ValueError(f"unknown recipe {name!r}; expected one of {sorted(RECIPES)}")
+        kw = {**recipe_fields(name), **overrides}
+        if isinstance(kw.get("augment"), dict):
+            kw["augment"] = AugmentConfig(**kw["augment"])
+        return cls(**kw, recipe=name)
 
     def spec(self, mean: tuple[float, ...], std: tuple[float, ...]) -> InputSpec:
         return InputSpec(size=self.size, mean=mean, std=std, crop_fraction=self.crop_fraction, clahe=self.clahe)
@@ -121,6 +161,10 @@ class TrainConfig:
             raise ValueError("crop fraction must be in (0, 1]")
         if self.freeze_stages < 0 or self.train_views < 1:
             raise ValueError("freeze_stages must be >= 0 and train_views >= 1")
+        if self.operating_point not in OPERATING_POINTS:
+            raise ValueError(f"operating_point must be one of {OPERATING_POINTS}")
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; expected one of {sorted(RECIPES)}")
         if self.freeze_stages and not self.pretrained:
             raise ValueError("freezing stages of a randomly initialised network makes no sense: drop --freeze-stages")
 
@@ -268,6 +312,148 @@ def report_metrics(
     )
     m["as_binary"] = as_bin
     return m
+
+
+# --- calibration and operating points -----------------------------------------------------------
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray, task: str, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """The temperature T minimising the validation log-loss of ``logits / T`` (Guo et al. 2017).
+
+    ``logits`` is (N, 1) or (N,) for binary (the P(PNEUMONIA) logit), (N, C) otherwise. A 1-D
+    search over log T (golden section on a bracket, then refined); T > 1 softens over-confident
+    probabilities, it never changes a ranking or an argmax, so AUROC and accuracy stay as they were.
+    """
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    t = torch.as_tensor(np.asarray(y).astype(np.int64))
+    if task == "binary":
+        z = z.reshape(-1)
+
+    def nll(log_t: float) -> float:
+        s = z / math.exp(log_t)
+        if task == "binary":
+            return float(F.binary_cross_entropy_with_logits(s, t.double()))
+        return float(F.cross_entropy(s, t))
+
+    lo, hi = math.log(bounds[0]), math.log(bounds[1])
+    grid = np.linspace(lo, hi, 61)
+    losses = [nll(g) for g in grid]
+    i = int(np.argmin(losses))
+    a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    phi = (math.sqrt(5) - 1) / 2
+    for _ in range(40):
+        c, d = b - phi * (b - a), a + phi * (b - a)
+        if nll(c) < nll(d):
+            b = d
+        else:
+            a = c
+    return float(math.exp((a + b) / 2))
+
+
+def fixed_sensitivity_threshold(y: np.ndarray, p_pos: np.ndarray, sensitivity: float = 0.95) -> float:
+    """The highest threshold whose sensitivity on (y, p_pos) is at least ``sensitivity`` (``p >= thr`` is positive).
+
+    Chosen on validation, it is the operating point that misses at most 1 - ``sensitivity`` of the
+    pneumonias there while calling as few normals positive as that allows.
+    """
+    y = np.asarray(y).astype(int)
+    pos = np.sort(np.asarray(p_pos, dtype=np.float64)[y == 1])
+    if len(pos) == 0:
+        return 0.5
+    k = int(math.floor((1.0 - sensitivity) * len(pos) + 1e-9))  # positives that may fall below the threshold
+    return float(pos[min(k, len(pos) - 1)])
+
+
+def probs_to_logits(probs: np.ndarray, task: str) -> np.ndarray:
+    """Logits that reproduce ``probs`` (binary: logit of P(PNEUMONIA), (N,); else log-probabilities, (N, C))."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
+    if task == "binary":
+        return np.log(p[:, 1]) - np.log1p(-p[:, 1])
+    return np.log(p)
+
+
+def apply_temperature(probs: np.ndarray, task: str, temperature: float) -> np.ndarray:
+    """Probabilities (N, C) recalibrated by a temperature: softmax(logits / T) (binary: sigmoid)."""
+    z = probs_to_logits(probs, task) / float(temperature)
+    if task == "binary":
+        p1 = 1.0 / (1.0 + np.exp(-z))
+        return np.stack([1 - p1, p1], axis=1)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def card_temperature(card: dict[str, Any], tta: int = 1) -> float:
+    """The card's validation-fitted temperature for ``tta`` views (1.0 when the card has none)."""
+    cal = card.get("calibration") or {}
+    return float(cal.get(f"temperature_tta{tta}", cal.get("temperature", 1.0)) if tta > 1 else cal.get("temperature", 1.0))
+
+
+def calibrated_threshold(threshold: float, temperature: float) -> float:
+    """A threshold on raw P(PNEUMONIA) expressed on the temperature-scaled probability (same decisions)."""
+    t = min(max(float(threshold), 1e-7), 1 - 1e-7)
+    return float(1.0 / (1.0 + math.exp(-math.log(t / (1 - t)) / float(temperature))))
+
+
+def reliability(probs: np.ndarray, y: np.ndarray, n_bins: int = 10) -> dict[str, list]:
+    """Top-label reliability diagram: per equal-width confidence bin, its mean confidence, accuracy and count
+    (the bins of ``metrics.expected_calibration_error``; empty bins are kept with None)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    conf, correct = probs.max(axis=1), (probs.argmax(axis=1) == np.asarray(y)).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    out: dict[str, list] = {"edges": edges.tolist(), "confidence": [], "accuracy": [], "count": []}
+    for b in range(n_bins):
+        m = idx == b
+        out["confidence"].append(float(conf[m].mean()) if m.any() else None)
+        out["accuracy"].append(float(correct[m].mean()) if m.any() else None)
+        out["count"].append(int(m.sum()))
+    return out
+
+
+#: The lung box of issue 14, as fractions of the (square) input: rows 12-85 %, columns 10-90 %.
+LUNG_BOX = (0.12, 0.85, 0.10, 0.90)
+
+
+def lung_focus(cams: np.ndarray, box: tuple[float, float, float, float] = LUNG_BOX) -> tuple[float, float]:
+    """(share of maps whose peak lies inside ``box``, mean share of map mass inside it) of maps (N, H, W) >= 0."""
+    cams = np.asarray(cams, dtype=np.float64)
+    n, h, w = cams.shape
+    r0, r1, c0, c1 = box
+    rows, cols = (np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w
+    inside = ((rows >= r0) & (rows <= r1))[:, None] & ((cols >= c0) & (cols <= c1))[None, :]
+    flat = cams.reshape(n, -1)
+    peak_in = inside.reshape(-1)[flat.argmax(axis=1)]
+    mass = (cams * inside).reshape(n, -1).sum(axis=1) / np.maximum(flat.sum(axis=1), 1e-12)
+    return float(peak_in.mean()), float(mass.mean())
+
+
+def focus_films(n_total: int, n: int) -> np.ndarray:
+    """The ``n`` evenly spaced indices (of ``n_total`` films in path order) the lung focus is measured on."""
+    n = min(n, n_total)
+    return np.unique(np.linspace(0, n_total - 1, n).round().astype(int))
+
+
+def lung_focus_of_model(model: nn.Module, architecture: str, task: str, spec: InputSpec, prepared_u8: np.ndarray,
+                        films: int = 80, batch: int = 16) -> dict[str, Any]:
+    """HiResCAM (the app's default map and layer) for the predicted class on ``films`` evenly spaced films of
+    ``prepared_u8`` (N, S, S, already through ``prepare``): peak and mass inside ``LUNG_BOX``."""
+    from dataclasses import replace
+
+    from .explain import DEFAULT_METHOD, Explainer
+
+    idx = focus_films(len(prepared_u8), films)
+    # The films are already prepared: CLAHE and the crop must not run twice.
+    ex = Explainer(model.cpu(), architecture, task, replace(spec, clahe=False, crop_fraction=1.0), method=DEFAULT_METHOD)
+    cams, empty = [], 0
+    for start in range(0, len(idx), batch):
+        for e in ex.explain_batch([prepared_u8[i] for i in idx[start : start + batch]]):
+            cams.append(e.cam_input)
+            empty += int(e.empty)
+    # An empty map (no positive evidence anywhere) counts as neither peak nor mass inside.
+    peak, mass = lung_focus(np.stack(cams))
+    return {"films": len(idx), "method": DEFAULT_METHOD, "layer": ex.layer_name, "box": list(LUNG_BOX),
+            "peak_inside": peak, "mass_inside": mass, "empty_maps": empty}
 
 
 # --- frozen trunk / trainable tail --------------------------------------------------------------
@@ -596,23 +782,36 @@ def train_classifier(cfg: TrainConfig, progress: Progress | None = None, log: Ca
     thresholds: dict[str, float] = {"default": 0.5}
     tta_levels = sorted({1, cfg.tta})
     all_probs = {(s, t): probs_for(s, t) for s in ("val", "test") if s in caches for t in tta_levels}
+    # Temperature scaling, fitted on validation only (plain and TTA probabilities separately).
+    temperatures = {t: fit_temperature(probs_to_logits(all_probs[("val", t)], cfg.task), targets["val"], cfg.task) for t in tta_levels}
     if cfg.task == "binary":
-        # The operating point is chosen on validation, separately for plain and TTA probabilities.
+        # The operating points are chosen on validation, separately for plain and TTA probabilities.
         for t in tta_levels:
-            name = "youden_val" if t == 1 else f"youden_val_tta{t}"
-            thresholds[name] = youden_threshold(targets["val"], all_probs[("val", t)][:, 1])
+            suffix = "" if t == 1 else f"_tta{t}"
+            thresholds["youden_val" + suffix] = youden_threshold(targets["val"], all_probs[("val", t)][:, 1])
+            thresholds["sens95_val" + suffix] = fixed_sensitivity_threshold(targets["val"], all_probs[("val", t)][:, 1], 0.95)
     for (s, t), probs in all_probs.items():
         key = s if t == 1 else f"{s}_tta{t}"
         metrics[key] = report_metrics(cfg.task, targets[s], probs, classes)
+        metrics[key]["ece_calibrated"] = report_metrics(
+            cfg.task, targets[s], apply_temperature(probs, cfg.task, temperatures[t]), classes)["ece"]
         if cfg.task == "binary":
-            thr = thresholds["youden_val" if t == 1 else f"youden_val_tta{t}"]
-            metrics[key + "@youden_val"] = report_metrics(cfg.task, targets[s], probs, classes, thr)
+            for op in ("youden_val", "sens95_val"):
+                thr = thresholds[op if t == 1 else f"{op}_tta{t}"]
+                metrics[f"{key}@{op}"] = report_metrics(cfg.task, targets[s], probs, classes, thr)
         if t == 1 and len(np.unique(targets[s])) > 1:
             if cfg.task == "binary":
                 curves[s] = roc_points(targets[s], probs[:, 1])
             else:
                 curves[s] = {c: roc_points((targets[s] == i).astype(int), probs[:, i]) for i, c in enumerate(classes)}
     seconds = time.perf_counter() - t_start
+    focus = None
+    if cfg.lung_focus_films and "test" in caches:
+        t_focus = time.perf_counter()
+        focus = lung_focus_of_model(model, cfg.architecture, cfg.task, spec, caches["test"].cpu().numpy(), cfg.lung_focus_films)
+        focus["seconds"] = time.perf_counter() - t_focus
+        log(f"lung focus on {focus['films']} test films: peak inside {focus['peak_inside']:.3f}, mass inside {focus['mass_inside']:.3f}")
+    threshold_in_use = thresholds.get(cfg.operating_point, 0.5) if cfg.task == "binary" else 0.5
 
     card: dict[str, Any] = {
         "kind": "classifier",
@@ -652,8 +851,25 @@ def train_classifier(cfg: TrainConfig, progress: Progress | None = None, log: Ca
         "metrics": metrics,
         "curves": curves,
         "thresholds": thresholds,
-        "threshold": 0.5,
+        "threshold": threshold_in_use,
+        # Which stored validation-chosen threshold "threshold" is (the app shows it beside the value).
+        "threshold_source": cfg.operating_point if cfg.task == "binary" else "argmax",
+        # Probabilities the app shows: softmax(logits / T) (binary: sigmoid). Thresholds stay on the raw
+        # probabilities; calibrated_threshold() maps one onto the calibrated scale.
+        "calibration": {
+            "method": "temperature", "fitted_on": "val", "temperature": temperatures[1],
+            **{f"temperature_tta{t}": temperatures[t] for t in tta_levels if t != 1},
+            # Reliability diagrams (plain probabilities) before and after the temperature, per split.
+            "reliability": {
+                s: {"raw": reliability(all_probs[(s, 1)], targets[s]),
+                    "calibrated": reliability(apply_temperature(all_probs[(s, 1)], cfg.task, temperatures[1]), targets[s])}
+                for s in ("val", "test") if (s, 1) in all_probs
+            },
+        },
+        "recipe": cfg.recipe,
     }
+    if focus is not None:
+        card["lung_focus"] = focus
     entry = write_entry(cfg.out, card, weights=model.state_dict(), entry_id=cfg.entry_id)
     if distributed:
         torch.distributed.destroy_process_group()

@@ -12,18 +12,42 @@ import argparse
 import sys
 
 from cxr_core.config import AugmentConfig
-from cxr_core.training import BALANCE_CHOICES, SELECTIONS, TrainConfig, train_classifier
+from cxr_core.training import (
+    BALANCE_CHOICES,
+    OPERATING_POINTS,
+    RECIPES,
+    SELECTIONS,
+    TrainConfig,
+    train_classifier,
+)
 
 from ._cli import fmt_metrics, tqdm_progress
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m train.classifier`` (every TrainConfig field has a flag)."""
+def recipes_help() -> str:
+    """The named presets of ``--recipe`` with their settings (the help's epilog)."""
+    lines = ["recipes (--recipe NAME sets these defaults; any flag given as well overrides them):"]
+    for name, fields in RECIPES.items():
+        desc = " ".join(f"{k}={v}" for k, v in fields.items() if k != "notes")
+        lines.append(f"  {name}: {desc}")
+        if fields.get("notes"):
+            lines.append(f"      {fields['notes']}")
+    return "\n".join(lines)
+
+
+def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
+    """The command line of ``python -m train.classifier`` (every TrainConfig field has a flag).
+
+    With ``recipe``, the flags' defaults are that preset's (``cxr_core.training.RECIPES``).
+    """
     from cxr_core.models import ARCHITECTURES
 
-    d = TrainConfig(data="")
-    p = argparse.ArgumentParser(prog="python -m train.classifier", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = TrainConfig.from_recipe(recipe, data="") if recipe else TrainConfig(data="")
+    p = argparse.ArgumentParser(prog="python -m train.classifier", description=__doc__, epilog=recipes_help(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="dataset root in the Kaggle chest-xray-pneumonia layout")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=recipe,
+                   help="start from a named preset (listed below); flags given as well override it")
     p.add_argument("--task", choices=["binary", "multiclass"], default=d.task)
     p.add_argument("--out", default=None, help="registry root (default $CXR_REGISTRY or ./registry)")
     p.add_argument("--arch", dest="architecture", choices=ARCHITECTURES, default=d.architecture)
@@ -48,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clahe", action="store_true", help="CLAHE contrast equalisation in preprocessing")
     p.add_argument("--crop-fraction", type=float, default=d.crop_fraction, help="centre crop kept (1.0 = whole image)")
     p.add_argument("--no-augment", action="store_true")
-    a = AugmentConfig()
+    a = d.augment
     p.add_argument("--rotate", type=float, default=a.rotate_deg)
     p.add_argument("--shift", type=float, default=a.shift)
     p.add_argument("--zoom", type=float, default=a.zoom)
@@ -59,21 +83,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "cached features (CPU budget mode; 0 = fine-tune everything)")
     p.add_argument("--train-views", type=int, default=d.train_views,
                    help="augmented views per training image cached with --freeze-stages (view 0 is the plain image)")
-    p.add_argument("--feature-cache", default=None, help="folder keeping frozen-stage features between runs")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--feature-cache", default=d.feature_cache, help="folder keeping frozen-stage features between runs")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
+    p.add_argument("--operating-point", choices=OPERATING_POINTS, default=d.operating_point,
+                   help="binary: the validation-chosen threshold the card puts in use (all are stored)")
+    p.add_argument("--lung-focus-films", type=int, default=d.lung_focus_films,
+                   help="official-test films on which the HiResCAM peak/mass inside the lung box is measured (0 = skip)")
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--max-per-split", type=int, default=None, help="cap images per split (quick CPU runs)")
     p.add_argument("--entry-id", default=None)
-    p.add_argument("--notes", default="")
+    p.add_argument("--notes", default=d.notes)
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    p = build_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", choices=sorted(RECIPES), default=None)
+    known, _ = pre.parse_known_args(argv)
+    p = build_parser(known.recipe)
     ns = p.parse_args(argv)
+    base = TrainConfig.from_recipe(ns.recipe, data="").augment if ns.recipe else AugmentConfig()
     aug = AugmentConfig(
         rotate_deg=ns.rotate, shift=ns.shift, zoom=ns.zoom, contrast=ns.contrast, brightness=ns.brightness,
-        enabled=not ns.no_augment,
+        enabled=base.enabled and not ns.no_augment,
     )
     kw = {k: v for k, v in vars(ns).items() if k in TrainConfig.__dataclass_fields__}
     cfg = TrainConfig(**kw, augment=aug)
