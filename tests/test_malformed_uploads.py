@@ -251,26 +251,93 @@ def test_uploads_are_never_written_to_disk_or_logged(tiny_registry: Path, monkey
 # ----------------------------------------------------------------------------- caches
 
 
-PREDICT_MODULES = ["pages/1_Predict.py", *sorted(str(p.relative_to(REPO)) for p in (REPO / "pages/ui").glob("predict_*.py"))]
 #: Parameter names that would make a cache keyed on (or holding) an upload.
 UPLOAD_PARAMS = {"decoded", "upload", "raw", "data", "array", "gray", "image", "img", "pixels", "prediction", "pred"}
+#: Values a process-wide cache key may be made of: registry paths, signatures, entry ids, options.
+KEY_TYPES = (str, int, float, bool, type(None))
 
 
-@pytest.mark.parametrize("path", PREDICT_MODULES)
-def test_predict_sections_do_not_cache_uploads_across_sessions(path: str):
+def _ui_modules() -> list:
+    """Every module of pages/ui, imported: where the Predict page and its sections keep their caches."""
+    import importlib
+
+    names = sorted(p.stem for p in (REPO / "pages/ui").glob("*.py") if p.stem != "__init__")
+    return [importlib.import_module(f"pages.ui.{n}") for n in names]
+
+
+def _cached_functions() -> dict[str, Any]:
+    """{"module.name": CachedFunc} for every st.cache_data / st.cache_resource function in pages/ui."""
+    from streamlit.runtime.caching.cache_utils import CachedFunc
+
+    found = {}
+    for mod in _ui_modules():
+        for name, obj in vars(mod).items():
+            if isinstance(obj, CachedFunc) and getattr(obj._info.func, "__module__", None) == mod.__name__:
+                found[f"{mod.__name__}.{name}"] = obj
+    return found
+
+
+def _page_script_caches(path: Path) -> list[tuple[str, set[str]]]:
+    """(function, parameter names) of each cached function defined in a page script (not importable)."""
+    out = []
+    for fn in ast.walk(ast.parse(path.read_text())):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(
+            "cache_data" in ast.unparse(d) or "cache_resource" in ast.unparse(d) for d in fn.decorator_list
+        ):
+            out.append((fn.name, {a.arg for a in (*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs)}))
+    return out
+
+
+def _plain_key(value: Any) -> bool:
+    if isinstance(value, tuple):
+        return all(_plain_key(v) for v in value)
+    return isinstance(value, KEY_TYPES)
+
+
+def test_predict_sections_do_not_cache_uploads_across_sessions(tiny_registry: Path, monkeypatch):
     """st.cache_data / st.cache_resource are shared by every session: none may be keyed on an upload.
 
-    Per-session memoisation (st.session_state) is fine and is what the Grad-CAM section uses.
+    The real caches: every cached function in pages/ui (where the Predict page's sections get theirs)
+    and in the Predict page script. Statically, no parameter may name an upload; then, during a
+    Predict run with an upload, every call to a cached function is recorded and each argument must
+    be a plain key (paths, signatures, ids, options), never the upload's bytes, pixels, decoded image,
+    prediction or file name. Per-session memoisation (st.session_state) is fine and is what the
+    Grad-CAM section uses.
     """
-    tree = ast.parse((REPO / path).read_text())
-    for fn in ast.walk(tree):
-        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
-        cached = [d for d in fn.decorator_list if "cache_data" in ast.unparse(d) or "cache_resource" in ast.unparse(d)]
-        if not cached:
-            continue
-        names = {a.arg for a in (*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs)}
-        assert not names & UPLOAD_PARAMS, f"{path}: {fn.name} is cached process-wide on {names & UPLOAD_PARAMS}"
+    import inspect
+
+    caches = _cached_functions()
+    assert len(caches) >= 1, "no st.cache_* function found in pages/ui: this test inspected nothing"
+    for qual, fn in caches.items():
+        names = set(inspect.signature(fn._info.func).parameters)
+        assert not names & UPLOAD_PARAMS, f"{qual} is cached process-wide on {names & UPLOAD_PARAMS}"
+    for name, names in _page_script_caches(Path(PAGE)):
+        assert not names & UPLOAD_PARAMS, f"{PAGE}: {name} is cached process-wide on {names & UPLOAD_PARAMS}"
+
+    calls: list[tuple[str, tuple, dict]] = []
+
+    def recording(qual: str, fn: Any):
+        def call(*args, **kwargs):
+            calls.append((qual, args, kwargs))
+            return fn(*args, **kwargs)
+
+        return call
+
+    for qual, fn in caches.items():
+        module, _, name = qual.rpartition(".")
+        monkeypatch.setattr(__import__(module, fromlist=[name]), name, recording(qual, fn))
+    at = predict_page(tiny_registry, monkeypatch)
+    name, data, mime = valid_upload(seed=31)
+    calls.clear()  # only what the upload's run calls
+    upload(at, name, data, mime)
+    assert not at.exception, at.exception
+    assert len(at.metric) == 2, "the upload was not predicted"
+    called = sorted({qual for qual, _, _ in calls})
+    assert called, "no cached function was called while predicting an upload: this test checked nothing"
+    for qual, args, kwargs in calls:
+        for value in (*args, *kwargs.values()):
+            assert _plain_key(value), f"{qual} was called with a {type(value).__name__}: cached on the upload"
+            assert name not in repr(value), f"{qual} was called with the upload's name"
 
 
 # ----------------------------------------------------------------------------- failing sections
