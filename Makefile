@@ -8,6 +8,7 @@ PORT   ?= 8501
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 RELEASE_DATA ?= ../shared/data/kermany-224
+RESULTS_ARGS ?=
 
 .PHONY: install run demo release test lint browser-deps bench results clean-demo
 
@@ -55,5 +56,6 @@ lint: install
 bench: install browser-deps
 	$(BIN)/python -m bench.report $(BENCH_ARGS)
 
+## docs/RESULTS.md from the release cards (RESULTS_ARGS adds roots, e.g. "--root registry-research").
 results: install
-	$(BIN)/python -m train.results
+	$(BIN)/python -m train.results --root release/kermany-224 $(RESULTS_ARGS)

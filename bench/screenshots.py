@@ -1,11 +1,13 @@
-"""Screenshots of every page for the README, taken in chromium against the SYNTHETIC demo registry only.
+"""Screenshots of every page for the README, in chromium: the release registry or a synthetic demo one.
 
-    python -m bench.screenshots                     # $CXR_REGISTRY or ./registry; builds the demo if empty
-    python -m bench.screenshots --registry /tmp/demo --out docs/screenshots
+    python -m bench.screenshots --registry release/kermany-224   # the README's pictures (real films)
+    python -m bench.screenshots --registry /tmp/demo --out docs/screenshots/demo
 
-Refuses any registry holding an entry that was not trained on the synthetic phantoms, so no real
-chest X-ray can end up in ``docs/``. The Predict page is shown with a synthetic phantom uploaded;
-the explorer with one point clicked when the page offers a plotly map.
+Only two kinds of registry are accepted: the committed release (its films are kermany-224's, CC BY
+4.0, redistributed with the attribution the README puts under the pictures; the Predict page shows
+an official-test film of kermany-224 uploaded) and a registry trained on synthetic phantoms only
+(the Predict page shows a phantom). Anything else is refused, so no other real chest X-ray can end
+up in ``docs/``. The explorer is shown with one point clicked.
 """
 
 from __future__ import annotations
@@ -52,6 +54,25 @@ def non_synthetic_entries(registry: Path) -> list[str]:
     return bad
 
 
+def release_licence(registry: Path) -> str | None:
+    """The data licence a release registry's manifest states, or None when ``registry`` is no release."""
+    from cxr_core.registry import read_release_manifest
+
+    return read_release_manifest(registry).get("dataset", {}).get("licence")
+
+
+def release_film(data: Path = REPO.parent / "shared" / "data" / "kermany-224") -> Path:
+    """An official-test bacterial pneumonia film of kermany-224 (CC BY 4.0) for the release's Predict picture."""
+    found = sorted((data / "test" / "PNEUMONIA").glob("*bacteria*"))
+    if not found:
+        raise SystemExit(f"no kermany-224 test film under {data}")
+    return found[0]
+
+
+def upload_example(page: Any, registry: Path) -> None:
+    upload(page, release_film() if release_licence(registry) else phantom(registry))
+
+
 def phantom(registry: Path) -> Path:
     """A synthetic bacterial-pneumonia phantom from the demo set (the upload shown on the Predict page)."""
     data = registry / "_synthetic"
@@ -95,13 +116,13 @@ def _settle_layout(page: Any) -> None:
 
 
 ACTIONS: dict[str, Callable[[Any, Path], None]] = {
-    "Predict": lambda page, reg: upload(page, phantom(reg)),
+    "Predict": upload_example,
     "Embedding_explorer": lambda page, reg: _click_a_point(page),
 }
 
 
 def take(registry: Path, out: Path, log: Callable[[str], None] = print) -> list[Path]:
-    bad = non_synthetic_entries(registry)
+    bad = [] if release_licence(registry) == "CC BY 4.0" else non_synthetic_entries(registry)
     if bad:
         raise SystemExit(f"refusing: {registry} holds entries not trained on synthetic data: {bad}")
     out.mkdir(parents=True, exist_ok=True)

@@ -132,14 +132,15 @@ def _check_name(name: str, what: str, pattern: re.Pattern[str]) -> str:
     return name
 
 
-def _write_arrays(path: Path, arrays: dict[str, np.ndarray] | np.ndarray) -> None:
-    """Write .npz (dict) or .npy (one array), refusing object arrays (they need pickle)."""
+def _write_arrays(path: Path, arrays: dict[str, np.ndarray] | np.ndarray, compress: bool = False) -> None:
+    """Write .npz (dict; zip-deflated with ``compress``) or .npy (one array), refusing object arrays (they need pickle)."""
     items = arrays.items() if isinstance(arrays, dict) else [("array", arrays)]
     for key, arr in items:
         if np.asarray(arr).dtype.kind == "O":
             raise RegistryError(f"array {key!r} has dtype object, which would need pickle")
     if path.suffix == ".npz":
-        np.savez(path, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[union-attr]
+        save = np.savez_compressed if compress else np.savez
+        save(path, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[union-attr]
     else:
         np.save(path, np.asarray(arrays), allow_pickle=False)
 
@@ -246,11 +247,13 @@ def write_entry(
     weights: dict[str, Any] | None = None,
     arrays: dict[str, dict[str, np.ndarray] | np.ndarray] | None = None,
     entry_id: str | None = None,
+    compress: bool = False,
 ) -> Entry:
     """Write a new entry atomically and return it.
 
     ``card`` needs at least ``kind``; ``id``, ``schema_version``, ``created_at``,
-    ``code_version`` and ``files`` are filled in here.
+    ``code_version`` and ``files`` are filled in here. ``compress`` deflates the .npz files
+    (the release: its embeddings are 40 % zeros after ReLU6; readers see no difference).
     """
     from safetensors.torch import save_file
 
@@ -271,7 +274,7 @@ def write_entry(
             tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
             save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"entry": entry_id})
         for name, data in (arrays or {}).items():
-            _write_arrays(tmp / _check_name(name, "file name", _FILE_RE), data)
+            _write_arrays(tmp / _check_name(name, "file name", _FILE_RE), data, compress)
         files = {
             p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
             for p in sorted(tmp.iterdir())
