@@ -79,6 +79,7 @@ st.markdown(
     "- **Anomaly threshold** — tune the healthy-only detector's threshold on live histograms, confusion matrix and ROC.\n"
     "- **Explain** — Grad-CAM gallery over test images, filtered by correctness and class.\n"
     "- **Models & data** — model cards, metrics, confusion matrices, ROC and training curves, dataset statistics.\n"
+    "- **Worklist** — many studies at once (files or a zip): a sortable table, CSV export, a report per study.\n"
 )
 
 st.subheader("Train on the real dataset")

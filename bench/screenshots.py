@@ -85,6 +85,9 @@ def phantom(registry: Path) -> Path:
 
 def _settle(page: Any) -> None:
     wait_for_app_run(page)
+    # A page still drawing shows grey skeletons; a picture of those is not the page.
+    page.wait_for_function("!document.querySelector(\"[data-testid='stSkeleton']\")", timeout=180_000)
+    wait_for_app_run(page)
     page.wait_for_function("[...document.images].every(i => i.complete)", timeout=60_000)
     page.wait_for_timeout(800)  # plotly draws after the run ends
 
@@ -121,7 +124,7 @@ ACTIONS: dict[str, Callable[[Any, Path], None]] = {
 }
 
 
-def take(registry: Path, out: Path, log: Callable[[str], None] = print) -> list[Path]:
+def take(registry: Path, out: Path, log: Callable[[str], None] = print, pages: list[str] | None = None) -> list[Path]:
     bad = [] if release_licence(registry) == "CC BY 4.0" else non_synthetic_entries(registry)
     if bad:
         raise SystemExit(f"refusing: {registry} holds entries not trained on synthetic data: {bad}")
@@ -130,7 +133,7 @@ def take(registry: Path, out: Path, log: Callable[[str], None] = print) -> list[
     failed: list[str] = []
     # The toolbar's Deploy button is developer chrome, not the product.
     with StreamlitServer(registry, env={"STREAMLIT_CLIENT_TOOLBAR_MODE": "minimal"}) as srv, chromium() as browser:
-        for path in [""] + [url_path(p) for p in page_files()]:
+        for path in [p for p in [""] + [url_path(p) for p in page_files()] if pages is None or p in pages]:
             ctx = new_context(browser, 180_000, device_scale_factor=1)
             page = ctx.new_page()
             open_page(page, srv.url, path)
@@ -169,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--registry", default=os.environ.get("CXR_REGISTRY", str(REPO / "registry")))
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--no-build", action="store_true", help="fail instead of building the demo registry when empty")
+    p.add_argument("--pages", default="", help="comma-separated page paths to retake (default: every page)")
     ns = p.parse_args(argv)
     reason = chromium_missing_reason()
     if reason:
@@ -182,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{registry} has no classifier", file=sys.stderr)
             return 2
         build_demo(registry)
-    take(registry, Path(ns.out))
+    take(registry, Path(ns.out), pages=[p for p in ns.pages.split(",") if p] or None)
     return 0
 
 
