@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     y = {(t, s): np.array([x.target(t) for x in ds.split(s)]) for t in ("binary", "multiclass") for s in ("val", "test")}
     bins = [r for r in rows if r["task"] == "binary"]
     mults = [r for r in rows if r["task"] == "multiclass"]
-    tta = next(k.split("_tta")[1] for k in rows[0]["probs"] if k.startswith("val_tta"))
+    tta = next(k.split("_tta")[1].split(":")[0] for k in rows[0]["probs"] if k.startswith("val_tta"))
 
     def score(members: list[dict[str, Any]]) -> dict[str, float]:
         out = {}

@@ -174,8 +174,10 @@ def train_tail(task: str, arch: str, cut: int, maps: dict[str, torch.Tensor], ta
     from cxr_core.config import TASK_CLASSES
     from cxr_core.models import create_model, logits_to_probs, num_outputs_for
     from cxr_core.training import (
+        LUNG_BOX,
         _loss,
         _selection_key,
+        box_on_input,
         class_weights,
         epoch_indices,
         fit_temperature,
@@ -269,8 +271,9 @@ def train_tail(task: str, arch: str, cut: int, maps: dict[str, torch.Tensor], ta
                 res[f"test{suffix}@{tname}"] = report_metrics(task, targets["test"], res[f"test{suffix}:probs"], classes, t)
                 res[f"test{suffix}@{tname}"]["threshold"] = t
     cams = hirescam(rest, tail, maps["test"][:, 0], task, args.size)
-    res["lung_peak"], res["lung_mass"] = lung_focus(cams)  # all 624 official test films
-    res["lung_peak80"], res["lung_mass80"] = lung_focus(cams[focus_films(len(cams), 80)])  # the 80 the cards use
+    box = box_on_input(LUNG_BOX, args.crop_fraction)
+    res["lung_peak"], res["lung_mass"] = lung_focus(cams, box)  # all 624 official test films
+    res["lung_peak80"], res["lung_mass80"] = lung_focus(cams[focus_films(len(cams), 80)], box)  # the 80 the cards use
     if args.save_cams:
         np.save(Path(args.cache) / f"cams-{task}-{arch}-{args.size}-c{cut}-{args.tag}.npy", cams.astype(np.float16))
     return res

@@ -15,6 +15,7 @@ from cxr_core.config import AugmentConfig
 from cxr_core.training import (
     BALANCE_CHOICES,
     OPERATING_POINTS,
+    RECIPE_NOTES,
     RECIPES,
     SELECTIONS,
     TrainConfig,
@@ -28,10 +29,9 @@ def recipes_help() -> str:
     """The named presets of ``--recipe`` with their settings (the help's epilog)."""
     lines = ["recipes (--recipe NAME sets these defaults; any flag given as well overrides them):"]
     for name, fields in RECIPES.items():
-        desc = " ".join(f"{k}={v}" for k, v in fields.items() if k != "notes")
-        lines.append(f"  {name}: {desc}")
-        if fields.get("notes"):
-            lines.append(f"      {fields['notes']}")
+        lines.append(f"  {name}: " + " ".join(f"{k}={v}" for k, v in fields.items()))
+        if RECIPE_NOTES.get(name):
+            lines.append(f"      {RECIPE_NOTES[name]}")
     return "\n".join(lines)
 
 

@@ -210,11 +210,13 @@ def summary_table(roots: list[Path]) -> list[str]:
     return head + [r[2] for r in sorted(rows, key=lambda r: (r[0], r[1]))]
 
 
-def _operating_key(card: dict[str, Any], split: str = "test") -> str:
-    """The metrics key of ``split`` at the threshold the card puts in use."""
-    src = card.get("threshold_source", "default")
-    key = f"{split}@{src}" if card.get("task") == "binary" and src not in (None, "default", "argmax") else split
-    return key if key in card.get("metrics", {}) else split
+def _matching_recipe(args: dict[str, Any]) -> str:
+    """For a card trained without --recipe: the preset whose every field it has (``= name``), else a dash."""
+    for name in ("cpu-baseline", "cpu-224", *RECIPES):
+        fields = RECIPES.get(name, {})
+        if name != "cpu-best" and fields and all(args.get(k) == v for k, v in fields.items()):
+            return f"= {name}"
+    return "—"
 
 
 def recipe_row(card: dict[str, Any]) -> str:
@@ -224,22 +226,56 @@ def recipe_row(card: dict[str, Any]) -> str:
     val, test = m.get("val") or {}, m.get("test") or {}
     tta_key = _tta_key(m, "test")
     tta = m.get(tta_key) or {} if tta_key else {}
-    op = m.get(_operating_key(card)) or {}
     focus = card.get("lung_focus") or {}
     lung = f"{_pct(focus.get('peak_inside'))} / {_pct(focus.get('mass_inside'))}" if focus else "—"
     ece = f"{_num(test.get('ece'), 3)} → {_num(test.get('ece_calibrated'), 3)}"
-    recipe = card.get("recipe") or "—"
+    recipe = card.get("recipe") or _matching_recipe(t.get("args", {}))
     cmd = f"`{command_from_args(t.get('args', {}))}`"
     if task == "binary":
+        points = []
+        for name in ("default", "sens95_val", "youden_val"):
+            pm = m.get("test" if name == "default" else f"test@{name}")
+            if pm:
+                mark = "**" if name == (card.get("threshold_source") or "default") else ""
+                points.append(f"{mark}{name}: {_pct(pm.get('accuracy'))} ({_pct(pm.get('sensitivity'))} / {_pct(pm.get('specificity'))}){mark}")
         figures = (f"{_num(val.get('auroc'))} | {_pct(test.get('accuracy'))} / {_pct(tta.get('accuracy'))} | "
-                   f"{_num(test.get('auroc'))} / {_num(tta.get('auroc'))} | "
-                   f"{_pct(op.get('sensitivity'))} / {_pct(op.get('specificity'))} @{card.get('threshold_source', 'default')}")
+                   f"{_num(test.get('auroc'))} / {_num(tta.get('auroc'))} | " + " · ".join(points))
     else:
         pca = test.get("per_class_accuracy") or {}
         figures = (f"{_pct(val.get('accuracy'))} | {_pct(test.get('accuracy'))} / {_pct(tta.get('accuracy'))} | "
                    f"{_num(test.get('auroc_ovr'))} / {_num(tta.get('auroc_ovr'))} | "
                    + " / ".join(_pct(v) for v in pca.values()) + " (recall n/b/v)")
     return f"| {recipe} | {task} | {cmd} | {t.get('seconds_total', 0) / 60:.1f} | {figures} | {ece} | {lung} |"
+
+
+def issue14_status(card: dict[str, Any]) -> str:
+    """Issue 14's targets for one card: met / not met, at the threshold in use (binary) and on calibrated ECE."""
+    task, m = card.get("task"), card.get("metrics", {})
+    goals = ISSUE14.get(task)
+    if not goals or "test" not in m:
+        return ""
+    src = card.get("threshold_source") or "default"
+    at = m.get("test" if src in ("default", "argmax") else f"test@{src}") or m["test"]
+    tta_key = _tta_key(m, "test")
+    tta_at = (m.get(tta_key if src in ("default", "argmax") else f"{tta_key}@{src}") or {}) if tta_key else {}
+    have: dict[str, float | None] = {"accuracy": max(at.get("accuracy") or 0, tta_at.get("accuracy") or 0),
+                                     "ece": m["test"].get("ece_calibrated", m["test"].get("ece"))}
+    if task == "binary":
+        have["auroc"] = max(m["test"].get("auroc") or 0, (m.get(tta_key) or {}).get("auroc") or 0)
+        have["sensitivity"], have["specificity"] = at.get("sensitivity"), at.get("specificity")
+    else:
+        have["recall"] = min((at.get("per_class_accuracy") or {"?": 0}).values())
+    parts = []
+    for name, goal in goals.items():
+        v = have.get(name)
+        ok = v is not None and (v <= goal if name == "ece" else v >= goal)
+        parts.append(f"{name} {'≤' if name == 'ece' else '≥'} {goal:g}: {'**met**' if ok else 'not met'} ({_num(v, 4)})")
+    focus = card.get("lung_focus") or {}
+    if focus:
+        ok = all((focus.get(k) or 0) >= v for k, v in LUNG_TARGET.items())
+        parts.append(f"lung focus ≥ 80 % / 80 %: {'**met**' if ok else 'not met'} "
+                     f"({_pct(focus.get('peak_inside'))} / {_pct(focus.get('mass_inside'))})")
+    return "; ".join(parts)
 
 
 def recipe_table(roots: list[Path]) -> list[str]:
@@ -251,13 +287,18 @@ def recipe_table(roots: list[Path]) -> list[str]:
                 rows.append((s.card.get("task", ""), s.card.get("created_at", ""), recipe_row(s.card)))
     if not rows:
         return []
+    status = [f"- `{s.id}` ({s.card.get('task')}): {issue14_status(s.card)}" for root in roots for s in list_entries(root)
+              if s.ok and s.card and s.card.get("kind") == "classifier" and not is_synthetic(s.card) and issue14_status(s.card)]
     head = [
         "| recipe | task | command | minutes here | val AUROC (binary) / accuracy (3-class) | test accuracy plain / TTA | "
-        "test AUROC plain / TTA | test sens / spec at the operating point · 3-class recall | test ECE raw → calibrated | "
+        "test AUROC plain / TTA | test accuracy (sens / spec) at each validation-chosen threshold, **in use** · 3-class recall | "
+        "test ECE raw → calibrated | "
         "lung focus: peak / mass inside |",
         "|---|---|---|---:|---:|---:|---:|---|---|---|",
     ]
-    return head + [r[2] for r in sorted(rows, key=lambda r: (r[0], r[1]))]
+    table = head + [r[2] for r in sorted(rows, key=lambda r: (r[0], r[1]))]
+    return table + (["", "Issue 14 targets per card (best of plain / TTA at the threshold in use; ECE of the calibrated "
+                         "plain probabilities):", "", *status] if status else [])
 
 
 def lever_table(path: Path) -> list[str]:
@@ -299,7 +340,8 @@ def build_markdown(roots: list[Path], levers: Path | None = None) -> str:
     out = [
         "# Results",
         "",
-        f"Generated by `python -m train.results {' '.join('--root ' + str(r) for r in roots)}` from the registry cards "
+        f"Generated by `python -m train.results {' '.join('--root ' + str(r) for r in roots)}"
+        + (f" --levers {levers}" if levers is not None else "") + "` from the registry cards "
         f"on {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}. Do not edit by hand: rerun the command.",
         "",
         "Every number is on the dataset's `test` split (for kermany-224 the official 624-image test set). Epochs and "
