@@ -1,4 +1,8 @@
-"""Predict page section: does the upload look like a chest X-ray, and how anomalous is it?"""
+"""Predict page section: how anomalous is the upload against each healthy-only detector?
+
+The chest X-ray guard's verdict is not drawn here: the study view (``predict_study.render_verdict``)
+shows it above the predictions.
+"""
 
 from __future__ import annotations
 
@@ -10,45 +14,7 @@ import streamlit as st
 from cxr_core.imaging import DecodedImage
 
 from .anomaly_views import heatmap, histogram_figure
-from .loaders import anomaly_detector, anomaly_detector_entries, ood_guard
-
-
-def _raw_upload() -> bytes | None:
-    up = st.session_state.get("upload")
-    try:
-        return up.getvalue() if up is not None else None
-    except Exception:  # the colour check is optional; a strange object just skips it
-        return None
-
-
-def render_ood(decoded: DecodedImage) -> None:
-    from cxr_core.ood import cheap_check
-
-    guard = ood_guard()
-    raw = _raw_upload()
-    try:
-        if guard is not None:
-            res = guard.check(decoded.array, original_shape=decoded.original_shape, raw=raw)
-        else:
-            res = cheap_check(decoded.array, original_shape=decoded.original_shape, raw=raw)
-    except Exception as e:  # the guard must never take the page down
-        st.error(f"The chest X-ray check could not run: {type(e).__name__}: {e}")
-        return
-    if not res.looks_like_cxr:
-        st.warning(
-            "**This image does not look like a pediatric chest X-ray**: " + "; ".join(res.reasons)
-            + ". The predictions above assume one and are not meaningful for it.",
-            icon="⚠️",
-        )
-        if guard is not None and guard.synthetic:
-            st.caption("This guard was fitted on the synthetic demo phantoms, so a real X-ray can look unlike them "
-                       "too. Fit it on real films with `python -m train.anomaly --detector ood`.")
-    elif guard is not None:
-        st.caption(f"Looks like a chest X-ray: feature distance {res.distance:.3g} "
-                   f"(the guard flags at {res.threshold:.3g}).")
-    else:
-        st.caption("Colour and shape look like a radiograph. No feature-based chest X-ray guard in the registry "
-                   "(`python -m train.anomaly --detector ood`).")
+from .loaders import anomaly_detector, anomaly_detector_entries
 
 
 def render_detector(entry: Any, decoded: DecodedImage) -> None:
@@ -78,10 +44,8 @@ def render_detector(entry: Any, decoded: DecodedImage) -> None:
 
 
 def render(decoded: DecodedImage, prediction: Any) -> None:
-    """The anomaly score(s) of the upload against each saved threshold, and the OOD guard."""
+    """The anomaly score(s) of the upload against each saved threshold."""
     st.subheader("Out of the ordinary?")
-    if "ood" not in getattr(prediction, "extras", {}):
-        render_ood(decoded)  # the study view shows the chest X-ray check above the predictions instead
     detectors = anomaly_detector_entries()
     if not detectors:
         st.caption("No healthy-only anomaly detector in the registry (`python -m train.anomaly`).")
