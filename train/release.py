@@ -196,14 +196,13 @@ def probe_images(size: int, n: int = 4, seed: int = 0) -> np.ndarray:
     return np.stack([np.kron(c, np.ones((size // 8 + 1, size // 8 + 1)))[:size, :size] for c in coarse]).astype(np.uint8)
 
 
-def probe_logits(work: Entry, n: int = 4, seed: int = 0) -> dict[str, Any]:
-    """The float32 model's logits on :func:`probe_images`: the compact copy must reproduce them."""
+def probe_logits(clf: Any, n: int = 4, seed: int = 0) -> dict[str, Any]:
+    """The float32 model's logits on :func:`probe_images` (``clf``: a ``LoadedClassifier``): the
+    compact copy must reproduce them."""
     import torch
 
-    from cxr_core.inference import load_classifier
     from cxr_core.preprocess import normalize, to_float
 
-    clf = load_classifier(work)
     x = normalize(to_float(torch.from_numpy(probe_images(clf.spec.size, n, seed))), clf.spec)
     with torch.inference_mode():
         logits = clf.model(x.contiguous(memory_format=torch.channels_last)).float()
@@ -242,8 +241,8 @@ def compact_classifier(work: Entry, cfg: ReleaseConfig, progress: Progress | Non
     from cxr_core.compact import trained_part
     from cxr_core.inference import load_classifier
 
-    model = load_classifier(work).model
-    card = work.card
+    clf = load_classifier(work)
+    model, card = clf.model, work.card
     arrays, index_check = compact_index(work, cfg)
     if work.has("projection.npz"):
         arrays["projection.npz"] = work.load_npz("projection.npz")
@@ -263,7 +262,7 @@ def compact_classifier(work: Entry, cfg: ReleaseConfig, progress: Progress | Non
         rejected = {"float16": bad}
         shutil.rmtree(entry.path)
     check = {"split": "test", "float32_vs_compact": rows, "equal_to_3_decimals": True, "weights_dtype": base["dtype"],
-             "rejected": rejected} | index_check | {"probe": probe_logits(work)}
+             "rejected": rejected} | index_check | {"probe": probe_logits(clf)}
     log(f"  KNN accuracy float32 vs float16 embeddings: {index_check['knn_vote_accuracy_float32_vs_float16']}")
     return _rewrite_card(entry, {"release_check": check})
 
