@@ -22,9 +22,9 @@ import numpy as np
 
 
 def tiled_registry(registry: Path, n: int, out: Path) -> Path:
-    from cxr_core.registry import list_entries, write_entry
+    from cxr_core.registry import list_entries, usable, write_entry
 
-    src = next((s for s in list_entries(registry) if s.ok and s.card and s.card.get("kind") == "classifier"
+    src = next((s for s in list_entries(registry) if s in usable([s], "classifier")
                 and {"index.npz", "projection.npz", "thumbs.npy"} <= set(s.card.get("files", {}))), None)
     if src is None:
         raise SystemExit(f"{registry} has no classifier with an index and maps")

@@ -22,8 +22,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cxr_core.neighbors import KnnIndex, ReferenceSet, l2_normalize, leave_one_out, search
+from cxr_core.neighbors import KnnIndex, l2_normalize, leave_one_out, search
 from cxr_core.projection import compute, place
+from cxr_core.reference import ReferenceSet
 
 REAL_N, REAL_TEST, DIM = 5278, 624, 1280
 

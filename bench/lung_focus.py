@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     from cxr_core.data import load_images, read_dataset, with_validation_split
     from cxr_core.explain import card_dataset
     from cxr_core.inference import load_classifier
+    from cxr_core.lung_focus import focus_films, lung_focus_of_model
     from cxr_core.preprocess import prepare
-    from cxr_core.training import focus_films, lung_focus_of_model
     from train.index import resolve_entry
 
     entry = resolve_entry(ns.entry, ns.registry)

@@ -74,7 +74,7 @@ def _images(folder: Path, n: int) -> list[Path]:
 def _knn_stage(predictor: Any) -> tuple[Callable[[np.ndarray], Any] | None, str]:
     """What the Predict page's neighbour section computes: K nearest references and the map position."""
     from cxr_core.compact import has_thumbs
-    from cxr_core.neighbors import ReferenceSet
+    from cxr_core.reference import ReferenceSet
 
     clf = predictor.embedding_model()
     if clf is None:

@@ -143,7 +143,7 @@ def advanced(rest: torch.nn.Module, maps: dict[str, torch.Tensor], cut: int, arg
 
 
 def fixed_sensitivity_threshold(y: np.ndarray, p: np.ndarray, sensitivity: float = 0.95) -> float:
-    from cxr_core.training import fixed_sensitivity_threshold as f
+    from cxr_core.calibration import fixed_sensitivity_threshold as f
 
     return f(y, p, sensitivity)
 
@@ -171,19 +171,16 @@ def hirescam(frozen_rest: torch.nn.Module, tail: torch.nn.Module, maps: torch.Te
 
 def train_tail(task: str, arch: str, cut: int, maps: dict[str, torch.Tensor], targets: dict[str, np.ndarray], args: Any) -> dict[str, Any]:
     """Train stages ``cut``.. and the head on the stride-16 maps (frozen stages 5..cut-1 applied first); figures."""
+    from cxr_core.calibration import fit_temperature
     from cxr_core.config import TASK_CLASSES
+    from cxr_core.lung_focus import LUNG_BOX, box_on_input, focus_films, lung_focus
     from cxr_core.models import create_model, logits_to_probs, num_outputs_for
     from cxr_core.training import (
-        LUNG_BOX,
         _loss,
         _selection_key,
-        box_on_input,
         class_weights,
         epoch_indices,
-        fit_temperature,
-        focus_films,
         lr_factor,
-        lung_focus,
         report_metrics,
         split_model,
     )

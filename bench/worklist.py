@@ -77,9 +77,9 @@ def run(registry: Path, images: Path, n: int = 100, batch: int = 16, warmup: int
     from cxr_core.config import DecodeLimits
     from cxr_core.explain import Explainer
     from cxr_core.imaging import decode_image
-    from cxr_core.neighbors import ReferenceSet
     from cxr_core.ood import OODGuard
     from cxr_core.predict import Predictor
+    from cxr_core.reference import ReferenceSet
     from cxr_core.registry import list_entries, select
     from cxr_core.runtime import limit_blas_threads
     from cxr_core.worklist import WorklistProcessor, expand_uploads

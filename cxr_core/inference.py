@@ -13,9 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .cards import ClassifierCard
+from .compact import load_classifier_weights
 from .config import InputSpec
+from .models import forward_features_keeping, logits_to_probs
 from .preprocess import normalize, to_float, tta_views
-from .registry import Entry
+from .registry import Entry, RegistryError
 
 
 @dataclass
@@ -29,6 +32,15 @@ class LoadedClassifier:
     classes: list[str]
     threshold: float
 
+    @property
+    def card(self) -> ClassifierCard:
+        """The entry's card, typed."""
+        return self.entry.info  # type: ignore[return-value]
+
+    @property
+    def architecture(self) -> str:
+        return str(self.entry.card.get("architecture"))
+
 
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
@@ -39,20 +51,13 @@ def pick_device(device: str = "auto") -> torch.device:
 def load_classifier(entry: Entry, device: str = "cpu") -> LoadedClassifier:
     """Build the card's architecture and load its safetensors weights (strict, or the release's
     trained part over the pip ImageNet weights: ``compact.load_classifier_weights``)."""
-    from .compact import load_classifier_weights
-
+    card = entry.info
+    if not isinstance(card, ClassifierCard) or card.input is None or card.task is None:
+        raise RegistryError(f"entry {entry.id} is a {card.kind or 'card without a kind'}, not a classifier with an input spec")
     model = load_classifier_weights(entry.card, entry.load_weights())
-    dev = pick_device(device)
-    model = model.to(dev).eval().to(memory_format=torch.channels_last)
-    spec = InputSpec.from_dict(entry.card["input"])
-    return LoadedClassifier(
-        entry=entry,
-        model=model,
-        spec=spec,
-        task=entry.card["task"],
-        classes=list(entry.card["classes"]),
-        threshold=float(entry.card.get("threshold", 0.5)),
-    )
+    model = model.to(pick_device(device)).eval().to(memory_format=torch.channels_last)
+    threshold = 0.5 if card.threshold is None else card.threshold
+    return LoadedClassifier(entry=entry, model=model, spec=card.input, task=card.task, classes=list(card.classes), threshold=threshold)
 
 
 @torch.inference_mode()
@@ -80,8 +85,6 @@ def infer(
     forward pass. No hook is put on the model (``models.forward_features_keeping``): it is
     shared between sessions.
     """
-    from .models import logits_to_probs
-
     dev = torch.device(device) if isinstance(device, str) else device
     if isinstance(images_u8, np.ndarray) and not images_u8.flags.writeable:
         images_u8 = images_u8.copy()  # torch refuses to wrap read-only memory (e.g. memory-mapped caches)
@@ -90,30 +93,53 @@ def infer(
     probs_out, emb_out = [], []
     for start in range(0, n, batch_size):
         x01 = to_float(data[start : start + batch_size].to(dev, non_blocking=True))
-        views = tta_views(x01, tta)
-        acc = None
-        for vi, view in enumerate(views):
-            x = normalize(view, spec).contiguous(memory_format=torch.channels_last)
-            if vi == 0 and want_embeddings:
-                if keep_layers and architecture:
-                    from .models import forward_features_keeping
-
-                    feats, kept = forward_features_keeping(model, architecture, x, list(keep_layers))
-                    for name, sink in keep_layers.items():
-                        if name in kept:
-                            sink.append(kept[name].detach().float().cpu())
-                else:
-                    feats = model.forward_features(x)
-                e = model.forward_head(feats, pre_logits=True)
-                logits = model.forward_head(feats)
-                emb_out.append(e.float().cpu())
-            else:
-                logits = model(x)
-            p = logits_to_probs(logits.float(), task)
-            acc = p if acc is None else acc + p
-        probs_out.append((acc / len(views)).cpu())
+        probs, emb = _infer_batch(model, x01, spec, task, tta, want_embeddings, keep_layers, architecture)
+        probs_out.append(probs)
+        if emb is not None:
+            emb_out.append(emb)
         if progress:
             progress(min(start + batch_size, n), n)
     probs = torch.cat(probs_out).numpy()
     embs = torch.cat(emb_out).numpy() if want_embeddings else None
     return probs, embs
+
+
+def _infer_batch(
+    model: torch.nn.Module,
+    x01: torch.Tensor,
+    spec: InputSpec,
+    task: str,
+    tta: int,
+    want_embeddings: bool,
+    keep_layers: dict[str, list[torch.Tensor]] | None,
+    architecture: str | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(probabilities averaged over the TTA views, the plain view's embedding or None) of one batch."""
+    views = tta_views(x01, tta)
+    acc = None
+    emb = None
+    for vi, view in enumerate(views):
+        x = normalize(view, spec).contiguous(memory_format=torch.channels_last)
+        if vi == 0 and want_embeddings:
+            feats = _features(model, x, keep_layers, architecture)
+            e = model.forward_head(feats, pre_logits=True)
+            logits = model.forward_head(feats)
+            emb = e.float().cpu()
+        else:
+            logits = model(x)
+        p = logits_to_probs(logits.float(), task)
+        acc = p if acc is None else acc + p
+    return (acc / len(views)).cpu(), emb
+
+
+def _features(
+    model: torch.nn.Module, x: torch.Tensor, keep_layers: dict[str, list[torch.Tensor]] | None, architecture: str | None
+) -> torch.Tensor:
+    """The backbone's feature map of ``x``, handing the requested layers' outputs to ``keep_layers``."""
+    if not (keep_layers and architecture):
+        return model.forward_features(x)
+    feats, kept = forward_features_keeping(model, architecture, x, list(keep_layers))
+    for name, sink in keep_layers.items():
+        if name in kept:
+            sink.append(kept[name].detach().float().cpu())
+    return feats

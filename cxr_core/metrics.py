@@ -20,6 +20,16 @@ from sklearn.metrics import (
 )
 
 
+def predicted_class(task: str, probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """The class shown for each row of ``probs`` (N, C): the binary task puts the card's threshold on
+    P(positive); every other task takes the most probable class. The one rule the app, the index and
+    the metrics share."""
+    probs = np.asarray(probs)
+    if task == "binary":
+        return (probs[:, 1] >= threshold).astype(np.int64)
+    return probs.argmax(axis=1).astype(np.int64)
+
+
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
     """Top-label ECE: mean |accuracy - confidence| over equal-width confidence bins."""
     probs = np.asarray(probs, dtype=np.float64)

@@ -26,6 +26,7 @@ from cxr_core.config import TASK_CLASSES
 from cxr_core.small_cnn import HALF
 from cxr_core.weights import load_backbone_strict, load_lite, normalise_keys, read_state_dict
 
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What a model card records about the network, beside its weights."""

@@ -10,21 +10,15 @@ comparable with it: ``uniform`` counts neighbours, ``distance`` weighs them by
 1/d, and a query with an exact match (d = 0) takes its vote from the exact
 matches only. Ties go to the lowest class index, as in scikit-learn.
 
-``ReferenceSet`` is a classifier's stored index (``index.npz``, ``thumbs.npy``,
-``projection.npz``, written by ``python -m train.index``) loaded for queries.
+A classifier's stored index (embeddings, thumbnails, maps) is :mod:`cxr_core.reference`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
-
-from .compact import load_thumbs
-
-if TYPE_CHECKING:
-    from .registry import Entry
 
 Weights = Literal["uniform", "distance"]
 
@@ -160,6 +154,20 @@ class KnnIndex:
         r = np.atleast_1d(np.asarray(rows, dtype=np.int64))
         return search(self.embeddings, self.embeddings[r], k or self.k, exclude=r)
 
+    def query_upload(self, vector: np.ndarray, k: int | None = None) -> tuple[Neighbors, Neighbors, int | None]:
+        """Neighbours of one new image, leaving the image itself out when it is a reference row.
+
+        An upload that is a reference image (distance ~0) would carry its own label into the
+        vote. Returns (the ``k`` others, the raw ``k + 1`` found, the matching row or None):
+        the raw neighbours still place the image on its own point of a map.
+        """
+        k = k or self.k
+        found = self.query(np.asarray(vector), min(k + 1, len(self)))
+        same = found.dist[0] <= 10 * EXACT
+        self_row = int(found.ids[0, np.argmax(same)]) if same.any() else None
+        keep = np.nonzero(~same)[0][:k]
+        return Neighbors(found.ids[:, keep], found.dist[:, keep]), found, self_row
+
     def shares(self, nb: Neighbors, weights: Weights = "uniform") -> np.ndarray:
         return vote(self.labels[nb.ids], nb.dist, self.n_classes, weights)
 
@@ -183,99 +191,3 @@ def knn_accuracy(
         "majority": float(np.mean(reference.predict(nb, "uniform") == y)),
         "weighted": float(np.mean(reference.predict(nb, "distance") == y)),
     }
-
-
-@dataclass
-class ReferenceSet:
-    """A classifier's embedding index as the app uses it: rows, thumbnails, maps and a KNN index.
-
-    Row ``i`` of every array is image ``i`` of ``index.npz``; ``thumbs`` is memory-mapped.
-    """
-
-    entry_id: str
-    task: str
-    classes: list[str]
-    paths: np.ndarray
-    labels: np.ndarray
-    subtypes: np.ndarray
-    splits: np.ndarray
-    patients: np.ndarray
-    targets: np.ndarray
-    probs: np.ndarray
-    predicted: np.ndarray
-    knn_predicted: np.ndarray
-    knn: KnnIndex
-    thumbs: np.ndarray
-    maps: dict[str, np.ndarray]
-    data_root: str | None
-    info: dict
-
-    @classmethod
-    def from_entry(cls, entry: Entry) -> ReferenceSet:
-        z = entry.load_npz("index.npz")
-        maps = entry.load_npz("projection.npz") if entry.has("projection.npz") else {}
-        info = dict(entry.card.get("index", {}))
-        task = entry.task or "binary"
-        classes = [str(c) for c in z["classes"]] if "classes" in z else entry.classes
-        k = int(info.get("k") or default_k(task))
-        n = len(z["paths"])
-        return cls(
-            entry_id=entry.id,
-            task=task,
-            classes=classes,
-            paths=z["paths"],
-            labels=z["labels"],
-            subtypes=z["subtypes"],
-            splits=z["splits"],
-            patients=z["patients"],
-            targets=z["targets"],
-            probs=z["probs"],
-            predicted=z["predicted"],
-            knn_predicted=z["knn_predicted"] if "knn_predicted" in z else np.full(n, -1),
-            knn=KnnIndex(z["embeddings"], z["targets"], len(classes), k),
-            thumbs=load_thumbs(entry),
-            maps={name: np.asarray(v, dtype=np.float32) for name, v in maps.items()},
-            data_root=info.get("data_root"),
-            info=info,
-        )
-
-    def __len__(self) -> int:
-        return len(self.knn)
-
-    @property
-    def k(self) -> int:
-        return self.knn.k
-
-    def find(self, text: str, limit: int = 200) -> np.ndarray:
-        """Rows whose path contains ``text`` (case-insensitive), at most ``limit``."""
-        text = text.strip().lower()
-        if not text:
-            return np.empty(0, dtype=np.int64)
-        hits = np.nonzero(np.char.find(np.char.lower(self.paths), text) >= 0)[0]
-        return hits[:limit]
-
-    def place(self, vector: np.ndarray, map_name: str, k: int | None = None, *,
-              neighbors: Neighbors | None = None) -> np.ndarray:
-        """Coordinates of an embedding on one of the stored maps (from its K nearest rows).
-
-        ``neighbors``: the vector's nearest rows from an earlier :meth:`KnnIndex.query` with at
-        least ``k`` columns (the Predict page has them already): saves a second pass over the index.
-        """
-        from .projection import place
-
-        k = k or self.k
-        if neighbors is None or neighbors.ids.shape[1] < k:
-            neighbors = self.knn.query(vector, k)
-        return place(self.maps[map_name], Neighbors(neighbors.ids[:1, :k], neighbors.dist[:1, :k]))[0]
-
-    def image(self, row: int) -> np.ndarray:
-        """The full-size grayscale image of a row, or its thumbnail when the dataset is not reachable."""
-        from .data import DatasetError, safe_join
-        from .imaging import ImageDecodeError, read_gray
-
-        if self.data_root:
-            try:
-                return read_gray(safe_join(self.data_root, str(self.paths[row])))
-            except (OSError, DatasetError, ImageDecodeError):
-                pass
-        return np.asarray(self.thumbs[row])

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .inference import LoadedClassifier, infer, load_classifier
+from .metrics import predicted_class
 from .preprocess import prepare
 from .registry import EntryStatus, list_entries, select
 
@@ -56,10 +57,7 @@ class Prediction:
 
 def decide(task: str, classes: list[str], probs: np.ndarray, threshold: float) -> tuple[str, float]:
     """The label shown for ``probs``: the binary task uses the card's threshold on P(pneumonia)."""
-    if task == "binary":
-        idx = int(probs[1] >= threshold)
-    else:
-        idx = int(np.argmax(probs))
+    idx = int(predicted_class(task, np.asarray(probs)[None], threshold)[0])
     return classes[idx], float(probs[idx])
 
 
@@ -67,7 +65,7 @@ def _cam_layers(clf: LoadedClassifier) -> list[str]:
     from .models import gradcam_layer_names
 
     try:
-        return gradcam_layer_names(clf.model, str(clf.entry.card.get("architecture")))
+        return gradcam_layer_names(clf.model, clf.architecture)
     except (ValueError, KeyError, AttributeError):  # an architecture without Grad-CAM layers: nothing to keep
         return []
 
@@ -86,8 +84,8 @@ def shared_trunk_depth(a: LoadedClassifier, b: LoadedClassifier) -> int:
     """
     from .models import _unwrap, model_stages
 
-    arch = a.entry.card.get("architecture")
-    if arch != b.entry.card.get("architecture") or a.spec != b.spec:
+    arch = a.architecture
+    if arch != b.architecture or a.spec != b.spec:
         return 0
     try:
         stem_a, stages_a, _ = model_stages(_unwrap(a.model), arch)
@@ -157,7 +155,7 @@ class Predictor:
         from .preprocess import normalize, to_float
 
         first = next(iter(self.classifiers.values()))
-        arch = str(first.entry.card["architecture"])
+        arch = first.architecture
         trunk_len = len(model_stages(_unwrap(first.model), arch)[0]) + self.trunk_depth  # stem + shared stages
         t1 = time.perf_counter()
         h = normalize(to_float(torch.from_numpy(np.ascontiguousarray(x_u8))), first.spec)
@@ -200,7 +198,7 @@ class Predictor:
                 t1 = time.perf_counter()
                 sinks: dict[str, list[torch.Tensor]] = {name: [] for name in self._kept_layers[task]}
                 probs, emb = infer(clf.model, x[None], clf.spec, task, tta=tta, want_embeddings=True, keep_layers=sinks,
-                                   architecture=str(clf.entry.card.get("architecture")))
+                                   architecture=clf.architecture)
                 feature_maps[task] = {name: v[0] for name, v in sinks.items() if v}
                 t2 = time.perf_counter()
             label, conf = decide(task, clf.classes, probs[0], clf.threshold)
@@ -244,7 +242,7 @@ class Predictor:
                 if key not in prepared:
                     prepared[key] = np.stack([prepare(g, clf.spec) for g in chunk])
                 p, e = infer(clf.model, prepared[key], clf.spec, task, tta=1, batch_size=batch_size,
-                             want_embeddings=True, architecture=str(clf.entry.card.get("architecture")))
+                             want_embeddings=True, architecture=clf.architecture)
                 probs[task].append(p)
                 embs[task].append(e if e is not None else np.zeros((len(chunk), 0), np.float32))
         all_probs = {task: np.concatenate(v) for task, v in probs.items()}

@@ -17,12 +17,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .neighbors import EXACT, Neighbors
+from .progress import Progress
 
 #: Every map the index can hold, in display order.
 PROJECTIONS: tuple[str, ...] = ("tsne_2d", "tsne_3d", "umap_2d", "umap_3d")
 METHOD_LABELS = {"tsne": "t-SNE", "umap": "UMAP"}
 
-Progress = Callable[[str, int, int], None]
 
 
 def parse_name(name: str) -> tuple[str, int]:

@@ -30,7 +30,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .cards import ClassifierCard, DetectorCard, read_card
 from .config import Paths
 from .overlay import OVERLAY_KEYS, apply_overlay, save_entry_settings
 
@@ -198,6 +199,11 @@ class Entry:
     @property
     def classes(self) -> list[str]:
         return list(self.card.get("classes", []))
+
+    @property
+    def info(self) -> ClassifierCard | DetectorCard:
+        """The card in its typed form (:mod:`cxr_core.cards`)."""
+        return read_card(self.card)
 
     def has(self, name: str) -> bool:
         return name in self.card.get("files", {})
@@ -446,12 +452,17 @@ def load_entry(root: str | os.PathLike | None, entry_id: str) -> Entry:
     return verify_entry(path).entry()
 
 
+def usable(statuses: Iterable[EntryStatus], kind: str, task: str | None = None) -> list[EntryStatus]:
+    """The verified entries of ``kind`` (and ``task``) among ``statuses``, in listing order (newest first)."""
+    return [s for s in statuses if s.ok and s.card and s.card.get("kind") == kind and (task is None or s.card.get("task") == task)]
+
+
 def select(statuses: list[EntryStatus], kind: str, task: str | None = None) -> Entry | None:
     """The entry the app uses for (kind, task): the one marked default, else the newest usable."""
-    usable = [s for s in statuses if s.ok and s.card and s.card.get("kind") == kind and (task is None or s.card.get("task") == task)]
-    if not usable:
+    usable_ = usable(statuses, kind, task)
+    if not usable_:
         return None
-    marked = [s for s in usable if s.card and s.card.get("default")]
-    return (marked or usable)[0].entry()
+    marked = [s for s in usable_ if s.card and s.card.get("default")]
+    return (marked or usable_)[0].entry()
 
 

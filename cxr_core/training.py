@@ -28,7 +28,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .calibration import (
+    apply_temperature,
+    fit_temperature,
+    fixed_sensitivity_threshold,
+    probs_to_logits,
+    reliability,
+)
+from .cards import MetricKey
 from .config import TASK_CLASSES, AugmentConfig, InputSpec
 from .data import Dataset, check_patient_leakage, load_images, read_dataset, with_validation_split
+from .inference import infer, pick_device
+from .lung_focus import lung_focus_of_model
 from .metrics import binary_metrics, roc_points, task_metrics, youden_threshold
+from .models import ModelInfo, create_model, logits_to_probs, num_outputs_for
 from .models import model_stages as _stages
 from .preprocess import augment, normalize, prepare, to_float, tta_views
+from .progress import Progress
+from .registry import Entry, write_entry
 
 BALANCE_CHOICES = ("none", "oversample", "undersample", "class-weights")
 OPTIMIZERS = ("adamw", "rmsprop")
@@ -176,7 +189,6 @@ class TrainConfig:
             raise ValueError("freezing stages of a randomly initialised network makes no sense: drop --freeze-stages")
 
 
-Progress = Callable[[str, int, int], None]
 
 
 def _dist() -> tuple[int, int, int]:
@@ -321,158 +333,6 @@ def report_metrics(
     return m
 
 
-# --- calibration and operating points -----------------------------------------------------------
-
-
-def fit_temperature(logits: np.ndarray, y: np.ndarray, task: str, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
-    """The temperature T minimising the validation log-loss of ``logits / T`` (Guo et al. 2017).
-
-    ``logits`` is (N, 1) or (N,) for binary (the P(PNEUMONIA) logit), (N, C) otherwise. A 1-D
-    search over log T (golden section on a bracket, then refined); T > 1 softens over-confident
-    probabilities, it never changes a ranking or an argmax, so AUROC and accuracy stay as they were.
-    """
-    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
-    t = torch.as_tensor(np.asarray(y).astype(np.int64))
-    if task == "binary":
-        z = z.reshape(-1)
-
-    def nll(log_t: float) -> float:
-        s = z / math.exp(log_t)
-        if task == "binary":
-            return float(F.binary_cross_entropy_with_logits(s, t.double()))
-        return float(F.cross_entropy(s, t))
-
-    lo, hi = math.log(bounds[0]), math.log(bounds[1])
-    grid = np.linspace(lo, hi, 61)
-    losses = [nll(g) for g in grid]
-    i = int(np.argmin(losses))
-    a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    phi = (math.sqrt(5) - 1) / 2
-    for _ in range(40):
-        c, d = b - phi * (b - a), a + phi * (b - a)
-        if nll(c) < nll(d):
-            b = d
-        else:
-            a = c
-    return float(math.exp((a + b) / 2))
-
-
-def fixed_sensitivity_threshold(y: np.ndarray, p_pos: np.ndarray, sensitivity: float = 0.95) -> float:
-    """The highest threshold whose sensitivity on (y, p_pos) is at least ``sensitivity`` (``p >= thr`` is positive).
-
-    Chosen on validation, it is the operating point that misses at most 1 - ``sensitivity`` of the
-    pneumonias there while calling as few normals positive as that allows.
-    """
-    y = np.asarray(y).astype(int)
-    pos = np.sort(np.asarray(p_pos, dtype=np.float64)[y == 1])
-    if len(pos) == 0:
-        return 0.5
-    k = int(math.floor((1.0 - sensitivity) * len(pos) + 1e-9))  # positives that may fall below the threshold
-    return float(pos[min(k, len(pos) - 1)])
-
-
-def probs_to_logits(probs: np.ndarray, task: str) -> np.ndarray:
-    """Logits that reproduce ``probs`` (binary: logit of P(PNEUMONIA), (N,); else log-probabilities, (N, C))."""
-    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
-    if task == "binary":
-        return np.log(p[:, 1]) - np.log1p(-p[:, 1])
-    return np.log(p)
-
-
-def apply_temperature(probs: np.ndarray, task: str, temperature: float) -> np.ndarray:
-    """Probabilities (N, C) recalibrated by a temperature: softmax(logits / T) (binary: sigmoid)."""
-    z = probs_to_logits(probs, task) / float(temperature)
-    if task == "binary":
-        p1 = 1.0 / (1.0 + np.exp(-z))
-        return np.stack([1 - p1, p1], axis=1)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def card_temperature(card: dict[str, Any], tta: int = 1) -> float:
-    """The card's validation-fitted temperature for ``tta`` views (1.0 when the card has none)."""
-    cal = card.get("calibration") or {}
-    return float(cal.get(f"temperature_tta{tta}", cal.get("temperature", 1.0)) if tta > 1 else cal.get("temperature", 1.0))
-
-
-def calibrated_threshold(threshold: float, temperature: float) -> float:
-    """A threshold on raw P(PNEUMONIA) expressed on the temperature-scaled probability (same decisions)."""
-    t = min(max(float(threshold), 1e-7), 1 - 1e-7)
-    return float(1.0 / (1.0 + math.exp(-math.log(t / (1 - t)) / float(temperature))))
-
-
-def reliability(probs: np.ndarray, y: np.ndarray, n_bins: int = 10) -> dict[str, list]:
-    """Top-label reliability diagram: per equal-width confidence bin, its mean confidence, accuracy and count
-    (the bins of ``metrics.expected_calibration_error``; empty bins are kept with None)."""
-    probs = np.asarray(probs, dtype=np.float64)
-    conf, correct = probs.max(axis=1), (probs.argmax(axis=1) == np.asarray(y)).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
-    out: dict[str, list] = {"edges": edges.tolist(), "confidence": [], "accuracy": [], "count": []}
-    for b in range(n_bins):
-        m = idx == b
-        out["confidence"].append(float(conf[m].mean()) if m.any() else None)
-        out["accuracy"].append(float(correct[m].mean()) if m.any() else None)
-        out["count"].append(int(m.sum()))
-    return out
-
-
-#: The lung box of issue 14, as fractions of the (square) input: rows 12-85 %, columns 10-90 %.
-LUNG_BOX = (0.12, 0.85, 0.10, 0.90)
-
-
-def lung_focus(cams: np.ndarray, box: tuple[float, float, float, float] = LUNG_BOX) -> tuple[float, float]:
-    """(share of maps whose peak lies inside ``box``, mean share of map mass inside it) of maps (N, H, W) >= 0."""
-    cams = np.asarray(cams, dtype=np.float64)
-    n, h, w = cams.shape
-    r0, r1, c0, c1 = box
-    rows, cols = (np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w
-    inside = ((rows >= r0) & (rows <= r1))[:, None] & ((cols >= c0) & (cols <= c1))[None, :]
-    flat = cams.reshape(n, -1)
-    peak_in = inside.reshape(-1)[flat.argmax(axis=1)]
-    mass = (cams * inside).reshape(n, -1).sum(axis=1) / np.maximum(flat.sum(axis=1), 1e-12)
-    return float(peak_in.mean()), float(mass.mean())
-
-
-def box_on_input(box: tuple[float, float, float, float], crop_fraction: float) -> tuple[float, float, float, float]:
-    """``box`` (fractions of the whole film) in the coordinates of an input centre-cropped to ``crop_fraction``.
-
-    The map covers only the crop: mass on the cropped-away border cannot be seen, so with a crop the mass
-    inside is an upper bound and the peak is inside the film's central ``crop_fraction`` by construction.
-    """
-    off = (1.0 - crop_fraction) / 2.0
-    return tuple(min(max((v - off) / crop_fraction, 0.0), 1.0) for v in box)  # type: ignore[return-value]
-
-
-def focus_films(n_total: int, n: int) -> np.ndarray:
-    """The ``n`` evenly spaced indices (of ``n_total`` films in path order) the lung focus is measured on."""
-    n = min(n, n_total)
-    return np.unique(np.linspace(0, n_total - 1, n).round().astype(int))
-
-
-def lung_focus_of_model(model: nn.Module, architecture: str, task: str, spec: InputSpec, prepared_u8: np.ndarray,
-                        films: int = 80, batch: int = 16) -> dict[str, Any]:
-    """HiResCAM (the app's default map and layer) for the predicted class on ``films`` evenly spaced films of
-    ``prepared_u8`` (N, S, S, already through ``prepare``): peak and mass inside ``LUNG_BOX``."""
-    from dataclasses import replace
-
-    from .explain import DEFAULT_METHOD, Explainer
-
-    idx = focus_films(len(prepared_u8), films)
-    # The films are already prepared: CLAHE and the crop must not run twice.
-    ex = Explainer(model.cpu(), architecture, task, replace(spec, clahe=False, crop_fraction=1.0), method=DEFAULT_METHOD)
-    cams, empty = [], 0
-    for start in range(0, len(idx), batch):
-        for e in ex.explain_batch([prepared_u8[i] for i in idx[start : start + batch]]):
-            cams.append(e.cam_input)
-            empty += int(e.empty)
-    # An empty map (no positive evidence anywhere) counts as neither peak nor mass inside.
-    peak, mass = lung_focus(np.stack(cams), box_on_input(LUNG_BOX, spec.crop_fraction))
-    return {"films": len(idx), "method": DEFAULT_METHOD, "layer": ex.layer_name, "box": list(LUNG_BOX),
-            "peak_inside": peak, "mass_inside": mass, "empty_maps": empty}
-
-
 # --- frozen trunk / trainable tail --------------------------------------------------------------
 
 
@@ -573,8 +433,6 @@ def _cached_features(cache_dir: str | None, key: str, compute: Callable[[], torc
 @torch.no_grad()
 def _tail_probs(tail: nn.Module, feats: torch.Tensor, task: str, n_views: int, device: torch.device, batch_size: int = 256) -> np.ndarray:
     """Mean over the first ``n_views`` views of the tail's probabilities: what ``infer(tta=n)`` computes."""
-    from .models import logits_to_probs
-
     tail.eval()
     out = []
     for start in range(0, feats.shape[0], batch_size):
@@ -587,307 +445,371 @@ def _tail_probs(tail: nn.Module, feats: torch.Tensor, task: str, n_views: int, d
 # --- the run ------------------------------------------------------------------------------------
 
 
-def train_classifier(cfg: TrainConfig, progress: Progress | None = None, log: Callable[[str], None] = print):
-    """Train, evaluate and register a classifier. Returns the registry ``Entry`` (rank 0) or None."""
-    from .inference import infer, pick_device
-    from .models import create_model, num_outputs_for
-    from .registry import write_entry
+@dataclass
+class _Run:
+    """What one training run has built so far; the steps of :func:`train_classifier` fill it in order."""
 
-    cfg.validate()
+    cfg: TrainConfig
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    model: nn.Module | None = None
+    info: ModelInfo | None = None
+    spec: InputSpec | None = None
+    dataset: Dataset | None = None
+    splits: dict[str, list] = field(default_factory=dict)
+    caches: dict[str, torch.Tensor] = field(default_factory=dict)  # prepared uint8 images per split
+    targets: dict[str, np.ndarray] = field(default_factory=dict)
+    feats: dict[str, torch.Tensor] = field(default_factory=dict)  # frozen-trunk features per split
+    from_cache: list[str] = field(default_factory=list)
+    trainable: nn.Module | None = None  # the tail on cached features, or the whole model
+    times: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def frozen(self) -> bool:
+        return self.cfg.freeze_stages > 0
+
+    def probs(self, split: str, tta: int = 1) -> np.ndarray:
+        """Class probabilities of ``split`` averaged over ``tta`` views: what ``infer(tta=n)`` computes."""
+        if self.frozen:
+            return _tail_probs(self.trainable, self.feats[split], self.cfg.task, tta, self.device)
+        return infer(self.model, self.caches[split], self.spec, self.cfg.task, device=self.device, tta=tta,
+                     want_embeddings=False)[0]
+
+
+def _start(cfg: TrainConfig) -> _Run:
+    """Pick the device, join the process group under torchrun, seed everything."""
     rank, world, local_rank = _dist()
-    distributed = world > 1
     device = pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    elif distributed and device.type == "cpu":
+    elif world > 1 and device.type == "cpu":
         # Ranks on one CPU would otherwise each start a thread per core and thrash.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    if distributed:
-        backend = "nccl" if device.type == "cuda" else "gloo"
+    if world > 1:
         if device.type == "cuda":
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
-        torch.distributed.init_process_group(backend)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    classes = TASK_CLASSES[cfg.task]
-    t_start = time.perf_counter()
+    return _Run(cfg, device, rank, world, times={"start": time.perf_counter()})
 
-    dataset: Dataset = with_validation_split(read_dataset(cfg.data), cfg.val_fraction, cfg.seed)
-    leaks = check_patient_leakage(dataset.samples, ("train", "val"))
+
+def _load_data(run: _Run, progress: Progress | None) -> None:
+    """Patient-level splits, the model, and every split decoded once into a uint8 cache on the device."""
+    cfg = run.cfg
+    run.dataset = with_validation_split(read_dataset(cfg.data), cfg.val_fraction, cfg.seed)
+    leaks = check_patient_leakage(run.dataset.samples, ("train", "val"))
     if leaks:
         raise ValueError(f"{len(leaks)} patients occur in more than one split, e.g. {next(iter(leaks))}")
-    splits = {s: _subsample(dataset.split(s), cfg.max_per_split, cfg.seed) for s in ("train", "val", "test")}
+    run.splits = {s: _subsample(run.dataset.split(s), cfg.max_per_split, cfg.seed) for s in ("train", "val", "test")}
     for s in ("train", "val"):
-        if not splits[s]:
+        if not run.splits[s]:
             raise ValueError(f"the dataset has no {s} images")
+    run.model, run.info = create_model(cfg.architecture, num_outputs_for(cfg.task), pretrained=cfg.pretrained)
+    run.spec = spec = cfg.spec(run.info.mean, run.info.std)
+    for s, samples in run.splits.items():
+        if samples:
+            bar = (lambda i, n, s=s: progress(f"decode {s}", i, n)) if progress else None
+            run.caches[s] = torch.from_numpy(load_images(run.dataset, samples, lambda g: prepare(g, spec), progress=bar)).to(run.device)
+            run.targets[s] = np.array([x.target(cfg.task) for x in samples])
+    run.model = run.model.to(run.device).to(memory_format=torch.channels_last)
+    run.times["decoded"] = time.perf_counter()
 
-    model, info = create_model(cfg.architecture, num_outputs_for(cfg.task), pretrained=cfg.pretrained)
-    spec = cfg.spec(info.mean, info.std)
 
-    def prep(g: np.ndarray) -> np.ndarray:
-        return prepare(g, spec)
+def _feature_views(cfg: TrainConfig, split: str, gen: torch.Generator) -> tuple[list[Callable[[torch.Tensor], torch.Tensor]], dict, torch.dtype]:
+    """The views a split's frozen features are computed for, the part of the cache key they add, and the dtype."""
+    if split == "train":
+        views = [lambda x01: x01] + [lambda x01: augment(x01, cfg.augment, gen)] * (cfg.train_views - 1)
+        # The largest tensor of the run; half precision is plenty for a training input.
+        return views, {"views": cfg.train_views, "augment": cfg.augment.to_dict(), "seed": cfg.seed}, torch.float16
+    views = [(lambda x01, i=i: tta_views(x01, i + 1)[i]) for i in range(cfg.tta)]
+    return views, {"tta": cfg.tta}, torch.float32
 
-    caches: dict[str, torch.Tensor] = {}
-    targets: dict[str, np.ndarray] = {}
-    for s, samples in splits.items():
-        if not samples:
-            continue
-        arr = load_images(dataset, samples, prep, progress=(lambda i, n, s=s: progress(f"decode {s}", i, n)) if progress else None)
-        caches[s] = torch.from_numpy(arr).to(device)
-        targets[s] = np.array([x.target(cfg.task) for x in samples])
-    t_decoded = time.perf_counter()
 
-    model = model.to(device).to(memory_format=torch.channels_last)
-    frozen = cfg.freeze_stages > 0
-    feats: dict[str, torch.Tensor] = {}
-    from_cache: list[str] = []
-    if frozen:
-        trunk, tail = split_model(model, cfg.architecture, cfg.freeze_stages)
-        for p in trunk.parameters():
-            p.requires_grad_(False)
-        trunk.eval()  # frozen BatchNorm statistics too: the trunk is exactly the pretrained one
-        bank_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+def _freeze_trunk(run: _Run, progress: Progress | None, log: Callable[[str], None]) -> None:
+    """Split off the frozen trunk and compute (or read back) its features once per image and view."""
+    cfg = run.cfg
+    if not run.frozen:
+        run.trainable = run.model
+        run.times["features"] = time.perf_counter()
+        return
+    trunk, run.trainable = split_model(run.model, cfg.architecture, cfg.freeze_stages)
+    for p in trunk.parameters():
+        p.requires_grad_(False)
+    trunk.eval()  # frozen BatchNorm statistics too: the trunk is exactly the pretrained one
+    gen = torch.Generator(device=run.device).manual_seed(cfg.seed)
+    base_key = {"arch": cfg.architecture, "source": run.info.pretrained_source, "spec": run.spec.to_dict(),
+                "k": cfg.freeze_stages, "fingerprint": run.dataset.fingerprint(), "torch": torch.__version__}
+    for s, cache in run.caches.items():
+        views, key_part, dtype = _feature_views(cfg, s, gen)
+        key = {**base_key, "split": s, **key_part,
+               "paths": hashlib.sha256("\n".join(x.path for x in run.splits[s]).encode()).hexdigest()}
+        bar = (lambda i, n, s=s: progress(f"frozen-stage features {s}", i, n)) if progress else None
+        computed: list[bool] = []
 
-        def aug_view(x01: torch.Tensor) -> torch.Tensor:
-            return augment(x01, cfg.augment, bank_gen)
+        def compute(views=views, cache=cache, dtype=dtype, bar=bar, computed=computed) -> torch.Tensor:
+            computed.append(True)
+            return trunk_features(trunk, cache, run.spec, views, dtype=dtype, progress=bar)
 
-        def identity(x01: torch.Tensor) -> torch.Tensor:
-            return x01
+        where = cfg.feature_cache if run.rank == 0 or not run.distributed else None
+        run.feats[s] = _cached_features(where, _feature_key(key), compute, log).to(run.device)
+        if not computed:
+            run.from_cache.append(s)
+    run.times["features"] = time.perf_counter()
 
-        def tta_view(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
-            return lambda x01: tta_views(x01, i + 1)[i]
 
-        base_key = {
-            "arch": cfg.architecture, "source": info.pretrained_source, "spec": spec.to_dict(), "k": cfg.freeze_stages,
-            "fingerprint": dataset.fingerprint(), "torch": torch.__version__,
-        }
-        for s in caches:
-            if s == "train":
-                views = [identity] + [aug_view] * (cfg.train_views - 1)
-                key = {**base_key, "split": s, "views": cfg.train_views, "augment": cfg.augment.to_dict(), "seed": cfg.seed}
-                dtype = torch.float16  # the largest tensor of the run; half precision is plenty for a training input
-            else:
-                views = [tta_view(i) for i in range(cfg.tta)]
-                key = {**base_key, "split": s, "tta": cfg.tta}
-                dtype = torch.float32
-            key["paths"] = hashlib.sha256("\n".join(x.path for x in splits[s]).encode()).hexdigest()
-            bar = (lambda i, n, s=s: progress(f"frozen-stage features {s}", i, n)) if progress else None
-            computed: list[bool] = []
-
-            def compute(views=views, s=s, dtype=dtype, bar=bar, computed=computed) -> torch.Tensor:
-                computed.append(True)
-                return trunk_features(trunk, caches[s], spec, views, dtype=dtype, progress=bar)
-
-            feats[s] = _cached_features(
-                cfg.feature_cache if rank == 0 or not distributed else None, _feature_key(key), compute, log
-            ).to(device)
-            if not computed:
-                from_cache.append(s)
-        trainable: nn.Module = tail
-    else:
-        trainable = model
-    t_features = time.perf_counter()
-
-    train_model: nn.Module = trainable
-    if distributed:
-        train_model = nn.parallel.DistributedDataParallel(trainable, device_ids=[device.index] if device.type == "cuda" else None)
-    params = [p for p in trainable.parameters() if p.requires_grad]
+def _optimizer(cfg: TrainConfig, params: list[nn.Parameter], steps_per_epoch: int) -> tuple[torch.optim.Optimizer, Any]:
     if cfg.optimizer == "adamw":
         opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay, alpha=0.9, momentum=0.9, eps=1e-3)
+    total, warmup = steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(
+        step, warmup=warmup, total=total, steps_per_epoch=steps_per_epoch, schedule=cfg.schedule, gamma=cfg.gamma))
+    return opt, sched
 
-    y_train = targets["train"]
-    rng = np.random.default_rng(cfg.seed)
-    steps_per_epoch = len(shard_batches(epoch_indices(y_train, cfg.balance, np.random.default_rng(0)), cfg.batch_size, world, rank))
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda step: lr_factor(step, warmup=warmup, total=total_steps, steps_per_epoch=steps_per_epoch, schedule=cfg.schedule, gamma=cfg.gamma),
-    )
-    weights = class_weights(y_train, len(classes)).to(device) if cfg.balance == "class-weights" else None
-    y_train_t = torch.from_numpy(y_train).to(device)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed + rank)
-    use_bf16 = device.type == "cuda"
 
-    def batch_input(idx: torch.Tensor) -> torch.Tensor:
-        if frozen:
-            view = torch.randint(0, feats["train"].shape[1], (len(idx),), device=device, generator=gen)
-            return feats["train"][idx, view].float().contiguous(memory_format=torch.channels_last)
-        x01 = augment(to_float(caches["train"][idx]), cfg.augment, gen)
-        return normalize(x01, spec).contiguous(memory_format=torch.channels_last)
+@dataclass
+class _Fit:
+    """The training loop's outcome."""
 
-    def val_probs() -> np.ndarray:
-        if frozen:
-            return _tail_probs(trainable, feats["val"], cfg.task, 1, device)
-        return infer(model, caches["val"], spec, cfg.task, device=device, want_embeddings=False)[0]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch: int = -1
+    images_seen: int = 0
+    seconds: float = 0.0
+    parameters: int = 0
 
-    history: list[dict[str, Any]] = []
-    best_key, best_state, best_epoch, stale = (-math.inf, -math.inf), None, -1, 0
-    images_seen, train_seconds = 0, 0.0
+
+def _batch_input(run: _Run, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One training batch: a random cached view of the frozen features, or freshly augmented images."""
+    if run.frozen:
+        view = torch.randint(0, run.feats["train"].shape[1], (len(idx),), device=run.device, generator=gen)
+        return run.feats["train"][idx, view].float().contiguous(memory_format=torch.channels_last)
+    x01 = augment(to_float(run.caches["train"][idx]), run.cfg.augment, gen)
+    return normalize(x01, run.spec).contiguous(memory_format=torch.channels_last)
+
+
+def _train_epoch(run: _Run, step: Callable[[torch.Tensor, torch.Tensor], float], batches: list[np.ndarray],
+                 gen: torch.Generator, label: str, progress: Progress | None) -> tuple[float, int]:
+    """One pass over ``batches``; (mean loss, images) on this rank."""
+    run.trainable.train()
+    loss_sum, loss_n = 0.0, 0
+    for b, chunk in enumerate(batches):
+        idx = torch.from_numpy(chunk).to(run.device)
+        loss_sum += step(_batch_input(run, idx, gen), idx) * len(chunk)
+        loss_n += len(chunk)
+        if progress and run.rank == 0:
+            progress(label, b + 1, len(batches))
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    return loss_sum / max(loss_n, 1), loss_n
+
+
+def _validate_epoch(run: _Run, record: dict[str, Any], log: Callable[[str], None]) -> tuple[float, float]:
+    """Validation figures into ``record``; the epoch's selection key."""
+    cfg, classes = run.cfg, TASK_CLASSES[run.cfg.task]
+    run.trainable.eval()
+    probs = run.probs("val")
+    vm = task_metrics(cfg.task, run.targets["val"], probs, classes)
+    key = _selection_key(cfg.task, vm, run.targets["val"], probs, cfg.selection)
+    score, val_loss = _selection_score(cfg.task, vm), _log_loss(run.targets["val"], probs)
+    record.update({"val_accuracy": vm["accuracy"], "val_auroc": vm.get("auroc", vm.get("auroc_ovr")), "val_score": score,
+                   "val_log_loss": val_loss})
+    log(f"epoch {record['epoch']}: loss {record['train_loss']:.4f}  val acc {vm['accuracy']:.4f}  val score {score:.4f}  "
+        f"val log-loss {val_loss:.4f}  ({record['seconds']:.1f}s)")
+    return key
+
+
+def _fit(run: _Run, progress: Progress | None, log: Callable[[str], None]) -> _Fit:
+    """Train with early stopping on validation; every rank takes its stride of the same permutation."""
+    cfg, dev = run.cfg, run.device
+    params = [p for p in run.trainable.parameters() if p.requires_grad]
+    model = run.trainable
+    if run.distributed:
+        model = nn.parallel.DistributedDataParallel(run.trainable, device_ids=[dev.index] if dev.type == "cuda" else None)
+    y, rng = run.targets["train"], np.random.default_rng(cfg.seed)
+    opt, sched = _optimizer(cfg, params, len(shard_batches(epoch_indices(y, cfg.balance, np.random.default_rng(0)),
+                                                              cfg.batch_size, run.world, run.rank)))
+    weights = class_weights(y, len(TASK_CLASSES[cfg.task])).to(dev) if cfg.balance == "class-weights" else None
+    y_t, gen = torch.from_numpy(y).to(dev), torch.Generator(device=dev).manual_seed(cfg.seed + run.rank)
+
+    def step(x: torch.Tensor, idx: torch.Tensor) -> float:
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            loss = _loss(model(x), y_t[idx], cfg.task, weights, cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        return float(loss.detach())
+
+    fit, best_key, stale = _Fit(parameters=sum(p.numel() for p in params)), (-math.inf, -math.inf), 0
     for epoch in range(cfg.epochs):
-        trainable.train()
-        # Every rank draws the same permutation (same rng) and takes its own stride.
-        batches = shard_batches(epoch_indices(y_train, cfg.balance, rng), cfg.batch_size, world, rank)
         t0 = time.perf_counter()
-        loss_sum, loss_n = 0.0, 0
-        for b, chunk in enumerate(batches):
-            idx = torch.from_numpy(chunk).to(device)
-            x = batch_input(idx)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = train_model(x)
-            loss = _loss(logits, y_train_t[idx], cfg.task, weights, cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += float(loss.detach()) * len(chunk)
-            loss_n += len(chunk)
-            if progress and rank == 0:
-                progress(f"epoch {epoch + 1}/{cfg.epochs}", b + 1, len(batches))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        batches = shard_batches(epoch_indices(y, cfg.balance, rng), cfg.batch_size, run.world, run.rank)
+        loss, n = _train_epoch(run, step, batches, gen, f"epoch {epoch + 1}/{cfg.epochs}", progress)
         dt = time.perf_counter() - t0
-        train_seconds += dt
-        images_seen += loss_n * world
-        record: dict[str, Any] = {
-            "epoch": epoch + 1, "train_loss": loss_sum / max(loss_n, 1), "seconds": dt, "lr": sched.get_last_lr()[0],
-            "images": loss_n * world,
-        }
-        if rank == 0:
-            trainable.eval()
-            probs_val = val_probs()
-            vm = task_metrics(cfg.task, targets["val"], probs_val, classes)
-            key = _selection_key(cfg.task, vm, targets["val"], probs_val, cfg.selection)
-            score, val_loss = _selection_score(cfg.task, vm), _log_loss(targets["val"], probs_val)
-            record.update({"val_accuracy": vm["accuracy"], "val_auroc": vm.get("auroc", vm.get("auroc_ovr")), "val_score": score,
-                           "val_log_loss": val_loss})
-            log(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}  val acc {vm['accuracy']:.4f}  val score {score:.4f}  "
-                f"val log-loss {val_loss:.4f}  ({dt:.1f}s)")
+        fit.seconds, fit.images_seen = fit.seconds + dt, fit.images_seen + n * run.world
+        record = {"epoch": epoch + 1, "train_loss": loss, "seconds": dt, "lr": sched.get_last_lr()[0], "images": n * run.world}
+        if run.rank == 0:
+            key = _validate_epoch(run, record, log)
             if key > best_key:
-                best_key, best_epoch, stale = key, epoch + 1, 0
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+                best_key, fit.best_epoch, stale = key, epoch + 1, 0
+                fit.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in run.model.state_dict().items()})
             else:
                 stale += 1
-        history.append(record)
-        stop = torch.tensor([1 if stale >= cfg.patience else 0], device=device)
-        if distributed:
-            torch.distributed.broadcast(stop, 0)
-        if int(stop.item()):
-            if rank == 0:
+        fit.history.append(record)
+        if _should_stop(run, stale >= cfg.patience):
+            if run.rank == 0:
                 log(f"early stop: no validation improvement for {cfg.patience} epochs")
             break
+    return fit
 
-    if distributed:
-        torch.distributed.barrier()
-    if rank != 0:
-        torch.distributed.destroy_process_group()
-        return None
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    model.eval()
 
-    def probs_for(s: str, tta: int) -> np.ndarray:
-        if frozen:
-            return _tail_probs(trainable, feats[s], cfg.task, tta, device)
-        return infer(model, caches[s], spec, cfg.task, device=device, tta=tta, want_embeddings=False)[0]
+def _should_stop(run: _Run, stop: bool) -> bool:
+    """Rank 0 decides (it alone validates); the others follow."""
+    flag = torch.tensor([int(stop)], device=run.device)
+    if run.distributed:
+        torch.distributed.broadcast(flag, 0)
+    return bool(flag.item())
 
-    metrics: dict[str, Any] = {}
-    curves: dict[str, Any] = {}
-    thresholds: dict[str, float] = {"default": 0.5}
+
+@dataclass
+class _Evaluation:
+    """Validation and test figures of the selected epoch."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    curves: dict[str, Any] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=lambda: {"default": 0.5})
+    temperatures: dict[int, float] = field(default_factory=dict)
+    probs: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+
+
+def _evaluate(run: _Run) -> _Evaluation:
+    """Metrics plain and with TTA; temperatures and binary operating points chosen on validation only."""
+    cfg, classes, y = run.cfg, TASK_CLASSES[run.cfg.task], run.targets
     tta_levels = sorted({1, cfg.tta})
-    all_probs = {(s, t): probs_for(s, t) for s in ("val", "test") if s in caches for t in tta_levels}
-    # Temperature scaling, fitted on validation only (plain and TTA probabilities separately).
-    temperatures = {t: fit_temperature(probs_to_logits(all_probs[("val", t)], cfg.task), targets["val"], cfg.task) for t in tta_levels}
+    ev = _Evaluation(probs={(s, t): run.probs(s, t) for s in ("val", "test") if s in run.caches for t in tta_levels})
+    ev.temperatures = {t: fit_temperature(probs_to_logits(ev.probs[("val", t)], cfg.task), y["val"], cfg.task) for t in tta_levels}
     if cfg.task == "binary":
-        # The operating points are chosen on validation, separately for plain and TTA probabilities.
         for t in tta_levels:
             suffix = "" if t == 1 else f"_tta{t}"
-            thresholds["youden_val" + suffix] = youden_threshold(targets["val"], all_probs[("val", t)][:, 1])
-            thresholds["sens95_val" + suffix] = fixed_sensitivity_threshold(targets["val"], all_probs[("val", t)][:, 1], 0.95)
-    for (s, t), probs in all_probs.items():
-        key = s if t == 1 else f"{s}_tta{t}"
-        metrics[key] = report_metrics(cfg.task, targets[s], probs, classes)
-        metrics[key]["ece_calibrated"] = report_metrics(
-            cfg.task, targets[s], apply_temperature(probs, cfg.task, temperatures[t]), classes)["ece"]
+            ev.thresholds["youden_val" + suffix] = youden_threshold(y["val"], ev.probs[("val", t)][:, 1])
+            ev.thresholds["sens95_val" + suffix] = fixed_sensitivity_threshold(y["val"], ev.probs[("val", t)][:, 1], 0.95)
+    for (s, t), probs in ev.probs.items():
+        key = MetricKey(s, tta=t)
+        ev.metrics[str(key)] = report_metrics(cfg.task, y[s], probs, classes)
+        ev.metrics[str(key)]["ece_calibrated"] = report_metrics(
+            cfg.task, y[s], apply_temperature(probs, cfg.task, ev.temperatures[t]), classes)["ece"]
         if cfg.task == "binary":
             for op in ("youden_val", "sens95_val"):
-                thr = thresholds[op if t == 1 else f"{op}_tta{t}"]
-                metrics[f"{key}@{op}"] = report_metrics(cfg.task, targets[s], probs, classes, thr)
-        if t == 1 and len(np.unique(targets[s])) > 1:
-            if cfg.task == "binary":
-                curves[s] = roc_points(targets[s], probs[:, 1])
-            else:
-                curves[s] = {c: roc_points((targets[s] == i).astype(int), probs[:, i]) for i, c in enumerate(classes)}
-    seconds = time.perf_counter() - t_start
-    focus = None
-    if cfg.lung_focus_films and "test" in caches:
-        t_focus = time.perf_counter()
-        focus = lung_focus_of_model(model, cfg.architecture, cfg.task, spec, caches["test"].cpu().numpy(), cfg.lung_focus_films)
-        focus["seconds"] = time.perf_counter() - t_focus
-        log(f"lung focus on {focus['films']} test films: peak inside {focus['peak_inside']:.3f}, mass inside {focus['mass_inside']:.3f}")
-    threshold_in_use = thresholds.get(cfg.operating_point, 0.5) if cfg.task == "binary" else 0.5
+                thr = ev.thresholds[op if t == 1 else f"{op}_tta{t}"]
+                ev.metrics[str(replace(key, threshold=op))] = report_metrics(cfg.task, y[s], probs, classes, thr)
+        if t == 1 and len(np.unique(y[s])) > 1:
+            ev.curves[s] = (roc_points(y[s], probs[:, 1]) if cfg.task == "binary" else
+                            {c: roc_points((y[s] == i).astype(int), probs[:, i]) for i, c in enumerate(classes)})
+    return ev
 
-    card: dict[str, Any] = {
-        "kind": "classifier",
-        "task": cfg.task,
-        "classes": list(classes),
-        "architecture": cfg.architecture,
-        "num_outputs": info.num_outputs,
-        "pretrained": info.pretrained,
-        "pretrained_source": info.pretrained_source,
-        "embedding_dim": info.embedding_dim,
-        "input": spec.to_dict(),
+
+def _calibration_card(run: _Run, ev: _Evaluation) -> dict[str, Any]:
+    """Probabilities the app shows: softmax(logits / T) (binary: sigmoid). Thresholds stay on the raw
+    probabilities; calibrated_threshold() maps one onto the calibrated scale."""
+    task, t1 = run.cfg.task, ev.temperatures[1]
+    return {
+        "method": "temperature", "fitted_on": "val", "temperature": t1,
+        **{f"temperature_tta{t}": v for t, v in ev.temperatures.items() if t != 1},
+        # Reliability diagrams (plain probabilities) before and after the temperature, per split.
+        "reliability": {
+            s: {"raw": reliability(ev.probs[(s, 1)], run.targets[s]),
+                "calibrated": reliability(apply_temperature(ev.probs[(s, 1)], task, t1), run.targets[s])}
+            for s in ("val", "test") if (s, 1) in ev.probs
+        },
+    }
+
+
+def _training_card(run: _Run, fit: _Fit) -> dict[str, Any]:
+    cfg, t, dev = run.cfg, run.times, run.device
+    return {
+        "args": {**asdict(cfg), "augment": cfg.augment.to_dict()},
+        "epochs_run": len(fit.history),
+        "best_epoch": fit.best_epoch,
+        "seconds_total": t["evaluated"] - t["start"],
+        "seconds_decode": t["decoded"] - t["start"],
+        "seconds_features": t["features"] - t["decoded"],
+        "seconds_train": fit.seconds,
+        "images_per_second": fit.images_seen / max(fit.seconds, 1e-9),
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "world_size": run.world,
+        "frozen_stages": cfg.freeze_stages,
+        "features_from_cache": run.from_cache,
+        "trainable_parameters": fit.parameters,
+        "torch": torch.__version__,
+        "history": fit.history,
+    }
+
+
+def _card(run: _Run, fit: _Fit, ev: _Evaluation) -> dict[str, Any]:
+    cfg, info, ds = run.cfg, run.info, run.dataset
+    binary = cfg.task == "binary"
+    return {
+        "kind": "classifier", "task": cfg.task, "classes": list(TASK_CLASSES[cfg.task]), "architecture": cfg.architecture,
+        "num_outputs": info.num_outputs, "pretrained": info.pretrained, "pretrained_source": info.pretrained_source,
+        "embedding_dim": info.embedding_dim, "input": run.spec.to_dict(),
         "dataset": {
-            "name": dataset.name,
-            "root": str(dataset.root.resolve()),
-            "counts": dataset.counts(),
-            "used": {s: len(v) for s, v in splits.items()},
-            "fingerprint": dataset.fingerprint(),
+            "name": ds.name, "root": str(ds.root.resolve()), "counts": ds.counts(),
+            "used": {s: len(v) for s, v in run.splits.items()}, "fingerprint": ds.fingerprint(),
             "validation": {"fraction": cfg.val_fraction, "seed": cfg.seed, "by": "patient"},
         },
-        "training": {
-            "args": {**asdict(cfg), "augment": cfg.augment.to_dict()},
-            "epochs_run": len(history),
-            "best_epoch": best_epoch,
-            "seconds_total": seconds,
-            "seconds_decode": t_decoded - t_start,
-            "seconds_features": t_features - t_decoded,
-            "seconds_train": train_seconds,
-            "images_per_second": images_seen / max(train_seconds, 1e-9),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-            "world_size": world,
-            "frozen_stages": cfg.freeze_stages,
-            "features_from_cache": from_cache,
-            "trainable_parameters": sum(p.numel() for p in params),
-            "torch": torch.__version__,
-            "history": history,
-        },
-        "metrics": metrics,
-        "curves": curves,
-        "thresholds": thresholds,
-        "threshold": threshold_in_use,
+        "training": _training_card(run, fit),
+        "metrics": ev.metrics, "curves": ev.curves, "thresholds": ev.thresholds,
+        "threshold": ev.thresholds.get(cfg.operating_point, 0.5) if binary else 0.5,
         # Which stored validation-chosen threshold "threshold" is (the app shows it beside the value).
-        "threshold_source": cfg.operating_point if cfg.task == "binary" else "argmax",
-        # Probabilities the app shows: softmax(logits / T) (binary: sigmoid). Thresholds stay on the raw
-        # probabilities; calibrated_threshold() maps one onto the calibrated scale.
-        "calibration": {
-            "method": "temperature", "fitted_on": "val", "temperature": temperatures[1],
-            **{f"temperature_tta{t}": temperatures[t] for t in tta_levels if t != 1},
-            # Reliability diagrams (plain probabilities) before and after the temperature, per split.
-            "reliability": {
-                s: {"raw": reliability(all_probs[(s, 1)], targets[s]),
-                    "calibrated": reliability(apply_temperature(all_probs[(s, 1)], cfg.task, temperatures[1]), targets[s])}
-                for s in ("val", "test") if (s, 1) in all_probs
-            },
-        },
+        "threshold_source": cfg.operating_point if binary else "argmax",
+        "calibration": _calibration_card(run, ev),
         "recipe": cfg.recipe,
     }
-    if focus is not None:
-        card["lung_focus"] = focus
-    entry = write_entry(cfg.out, card, weights=model.state_dict(), entry_id=cfg.entry_id)
-    if distributed:
-        torch.distributed.destroy_process_group()
-    return entry
+
+
+def _lung_focus(run: _Run, log: Callable[[str], None]) -> dict[str, Any] | None:
+    cfg = run.cfg
+    if not cfg.lung_focus_films or "test" not in run.caches:
+        return None
+    t0 = time.perf_counter()
+    focus = lung_focus_of_model(run.model, cfg.architecture, cfg.task, run.spec, run.caches["test"].cpu().numpy(), cfg.lung_focus_films)
+    focus["seconds"] = time.perf_counter() - t0
+    log(f"lung focus on {focus['films']} test films: peak inside {focus['peak_inside']:.3f}, mass inside {focus['mass_inside']:.3f}")
+    return focus
+
+
+def train_classifier(cfg: TrainConfig, progress: Progress | None = None, log: Callable[[str], None] = print) -> Entry | None:
+    """Train, evaluate and register a classifier. Returns the registry ``Entry`` (rank 0) or None."""
+    cfg.validate()
+    run = _start(cfg)
+    try:
+        _load_data(run, progress)
+        _freeze_trunk(run, progress, log)
+        fit = _fit(run, progress, log)
+        if run.distributed:
+            torch.distributed.barrier()
+        if run.rank != 0:
+            return None
+        assert fit.best_state is not None
+        run.model.load_state_dict(fit.best_state)
+        run.model.eval()
+        ev = _evaluate(run)
+        run.times["evaluated"] = time.perf_counter()
+        card = _card(run, fit, ev)
+        focus = _lung_focus(run, log)
+        if focus is not None:
+            card["lung_focus"] = focus
+        return write_entry(cfg.out, card, weights=run.model.state_dict(), entry_id=cfg.entry_id)
+    finally:
+        # Also when training raises: a rank left in the group would hang the others.
+        if run.distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -17,9 +17,9 @@ PER_SPLIT = 40  # real images per split: the real decode/embed path, in seconds
 @pytest.fixture(scope="module")
 def mini_registry(cxr_mini, tmp_path_factory) -> Path:
     """A binary Lite0 trained one epoch at 64 px on part of cxr-mini, indexed with t-SNE 2-D and 3-D."""
+    from cxr_core.reference import IndexConfig, build_index
     from cxr_core.registry import list_entries, select
     from cxr_core.training import TrainConfig, train_classifier
-    from train.index import IndexConfig, build_index
 
     root = tmp_path_factory.mktemp("mini") / "registry"
     train_classifier(
@@ -36,7 +36,7 @@ def mini_registry(cxr_mini, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ref(mini_registry):
-    from cxr_core.neighbors import ReferenceSet
+    from cxr_core.reference import ReferenceSet
     from cxr_core.registry import list_entries, select
 
     entry = select(list_entries(mini_registry), "classifier", "binary")

@@ -12,7 +12,6 @@ from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 from cxr_core.neighbors import (
     KnnIndex,
     Neighbors,
-    ReferenceSet,
     default_k,
     knn_accuracy,
     l2_normalize,
@@ -21,6 +20,7 @@ from cxr_core.neighbors import (
     vote,
 )
 from cxr_core.projection import PROJECTIONS, compute, parse_name, place
+from cxr_core.reference import ReferenceSet
 
 
 def clustered(n: int, d: int = 48, classes: int = 3, seed: int = 0, spread: float = 3.5) -> tuple[np.ndarray, np.ndarray]:
@@ -196,8 +196,8 @@ def test_index_card_knn_metrics_match_sklearn(indexed_registry) -> None:
 
 
 def test_reindex_keeps_weights_and_reference_set_places_rows(indexed_registry, synthetic_data) -> None:
+    from cxr_core.reference import IndexConfig, build_index
     from cxr_core.registry import list_entries, select
-    from train.index import IndexConfig, build_index
 
     entry = select(list_entries(indexed_registry), "classifier", "binary")
     assert entry is not None

@@ -101,7 +101,8 @@ def test_card_dataset_root_elsewhere_reads_only_images_under_it(tiny_registry: P
 
 
 def test_index_paths_cannot_escape_the_data_root(tmp_path: Path, outside: Path, monkeypatch):
-    from cxr_core.neighbors import KnnIndex, ReferenceSet
+    from cxr_core.neighbors import KnnIndex
+    from cxr_core.reference import ReferenceSet
 
     root = kaggle_root(tmp_path / "data", images=1)
     paths = np.array(["../../etc/passwd", "/etc/passwd", "../outside/secret.png",

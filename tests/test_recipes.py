@@ -7,19 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from cxr_core.training import (
-    LUNG_BOX,
-    RECIPES,
-    TrainConfig,
+from cxr_core.calibration import (
     apply_temperature,
     calibrated_threshold,
-    card_temperature,
     fit_temperature,
     fixed_sensitivity_threshold,
-    focus_films,
-    lung_focus,
     probs_to_logits,
 )
+from cxr_core.cards import read_card
+from cxr_core.lung_focus import LUNG_BOX, focus_films, lung_focus
+from cxr_core.training import RECIPES, TrainConfig
 
 
 def test_fit_temperature_recovers_a_known_temperature_binary():
@@ -57,9 +54,9 @@ def test_apply_temperature_keeps_decisions_and_identity():
 
 
 def test_card_temperature_reads_plain_and_tta():
-    card = {"calibration": {"temperature": 1.7, "temperature_tta4": 2.1}}
-    assert card_temperature(card) == 1.7 and card_temperature(card, 4) == 2.1 and card_temperature(card, 2) == 1.7
-    assert card_temperature({}) == 1.0
+    card = read_card({"kind": "classifier", "calibration": {"temperature": 1.7, "temperature_tta4": 2.1}})
+    assert card.temperature() == 1.7 and card.temperature(4) == 2.1 and card.temperature(2) == 1.7
+    assert read_card({"kind": "classifier"}).temperature() == 1.0  # a card written before calibration
 
 
 def test_fixed_sensitivity_threshold_is_the_highest_keeping_the_sensitivity():
@@ -161,8 +158,8 @@ def test_recipe_and_lever_tables(tiny_registry, tmp_path):
 
 
 def test_reliability_bins_match_the_ece():
+    from cxr_core.calibration import reliability
     from cxr_core.metrics import expected_calibration_error
-    from cxr_core.training import reliability
 
     rng = np.random.default_rng(4)
     p1 = rng.random(300)
@@ -191,7 +188,7 @@ def test_a_recipe_command_round_trips():
 
 
 def test_lung_box_on_a_cropped_input():
-    from cxr_core.training import box_on_input
+    from cxr_core.lung_focus import box_on_input
 
     assert box_on_input(LUNG_BOX, 1.0) == pytest.approx(LUNG_BOX)
     r0, r1, c0, c1 = box_on_input(LUNG_BOX, 0.8)  # the input shows the film's rows and columns 10-90 %

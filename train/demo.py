@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cxr_core.registry import Entry, list_entries, registry_root, update_card
+from cxr_core.progress import Progress
+from cxr_core.registry import Entry, list_entries, registry_root, update_card, usable
 
 if TYPE_CHECKING:
     from cxr_core.training import TrainConfig
 
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -100,7 +100,7 @@ def _load_steps() -> None:
 
 
 def has_usable_classifier(root: Path) -> bool:
-    return any(s.ok and s.card and s.card.get("kind") == "classifier" for s in list_entries(root, check_hashes=False))
+    return bool(usable(list_entries(root, check_hashes=False), "classifier"))
 
 
 def build_demo(root: str | Path | None = None, cfg: DemoConfig | None = None, progress: Progress | None = None, log: Callable[[str], None] = print) -> list[Entry]:

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxr_core.data import DatasetError, load_images, read_dataset, with_validation_split
+from cxr_core.cards import DatasetInfo, MetricKey
+from cxr_core.data import DatasetError, load_images
 from cxr_core.inference import load_classifier, pick_device
 from cxr_core.models import logits_to_probs
 from cxr_core.preprocess import TTA_VIEWS, normalize, prepare, to_float, tta_views
@@ -108,8 +109,7 @@ def evaluate_entry(
     root = data or ds_card.get("root")
     if not root:
         raise DatasetError("the card names no dataset root: pass --data")
-    val = ds_card.get("validation", {})
-    dataset = with_validation_split(read_dataset(root), float(val.get("fraction", 0.1)), int(val.get("seed", 0)))
+    dataset = DatasetInfo.from_dict(ds_card).load(root)
     warnings: list[str] = []
     fp = dataset.fingerprint()
     matches = fp == ds_card.get("fingerprint")
@@ -132,13 +132,13 @@ def evaluate_entry(
     metrics: dict[str, dict[str, Any]] = {}
     for t in sorted({1, tta}):
         probs = per_view[:t].mean(axis=0)
-        key = f"eval:{split}" if t == 1 else f"eval:{split}_tta{t}"
-        metrics[key] = report_metrics(clf.task, y, probs, clf.classes)
+        key = MetricKey(split, tta=t, source="evaluate")
+        metrics[str(key)] = report_metrics(clf.task, y, probs, clf.classes)
         if clf.task == "binary":
             name = "youden_val" if t == 1 else f"youden_val_tta{t}"
             thr = thresholds.get(name, thresholds.get("youden_val"))
             if thr is not None:
-                metrics[f"{key}@youden_val"] = report_metrics(clf.task, y, probs, clf.classes, float(thr))
+                metrics[str(key.with_(threshold="youden_val"))] = report_metrics(clf.task, y, probs, clf.classes, float(thr))
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     return EvalResult(entry.id, split, tta, len(samples), metrics, matches, str(Path(root).resolve()), device_name,
                       time.perf_counter() - t0, warnings)

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from cxr_core.progress import Progress
 from cxr_core.registry import (
     RELEASE_MANIFEST,
     Entry,
@@ -46,8 +47,6 @@ from cxr_core.registry import (
     sha256_file,
     write_entry,
 )
-
-Progress = Callable[[str, int, int], None]
 
 #: The classifier recipe of the release (train.classifier flags). The CPU recipe measured in
 #: docs/RESULTS.md: six frozen ImageNet stages, the tail trained on cached features at 160 px.
@@ -138,7 +137,7 @@ def train_classifiers(cfg: ReleaseConfig, progress: Progress | None, log: Callab
 
 def index_classifiers(cfg: ReleaseConfig, classifiers: dict[str, Entry], progress: Progress | None,
                       log: Callable[[str], None]) -> None:
-    from train.index import IndexConfig, build_index
+    from cxr_core.reference import IndexConfig, build_index
 
     for entry in classifiers.values():
         if entry.has("index.npz"):
@@ -214,7 +213,7 @@ def compact_index(work: Entry, cfg: ReleaseConfig) -> tuple[dict[str, Any], dict
     """index.npz with float16 embeddings (KNN accuracy checked) and the JPEG thumbnails."""
     from cxr_core.compact import THUMBS_JPEG, encode_thumbs
     from cxr_core.neighbors import default_k
-    from train.index import knn_split_metrics
+    from cxr_core.reference import knn_split_metrics
 
     z = work.load_npz("index.npz")
     task, classes = work.task or "binary", work.classes

@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cxr_core.registry import EntryStatus, list_entries, registry_root
+from cxr_core.cards import MetricKey
+from cxr_core.registry import EntryStatus, list_entries, registry_root, usable
 from cxr_core.training import RECIPES, TrainConfig
 
 #: Published reference (Kermany et al., Cell 2018) and this project's targets on the official test split.
@@ -86,8 +87,10 @@ def _num(v: Any, nd: int = 4) -> str:
 
 
 def _tta_key(metrics: dict[str, Any], split: str) -> str | None:
-    keys = sorted(k for k in metrics if k.startswith(f"{split}_tta") and "@" not in k)
-    return keys[-1] if keys else None
+    """The card's plain TTA metric set of ``split`` with the most views, if any."""
+    keys = [mk for k in metrics if (mk := MetricKey.parse(k)) and mk.split == split and mk.tta > 1
+            and mk.source == "training" and not mk.threshold and not mk.knn]
+    return str(max(keys, key=lambda mk: mk.tta)) if keys else None
 
 
 def metric_rows(card: dict[str, Any], split: str = "test") -> list[tuple[str, dict[str, Any]]]:
@@ -96,15 +99,16 @@ def metric_rows(card: dict[str, Any], split: str = "test") -> list[tuple[str, di
     rows: list[tuple[str, dict[str, Any]]] = []
     tta = _tta_key(m, split)
     cut = "@0.5" if card.get("task") == "binary" else "(argmax)"
-    for key, label in ((split, f"plain {cut}"), (f"{split}@youden_val", "plain @Youden(val)")):
-        if key in m:
-            rows.append((label, m[key]))
+    plain = MetricKey(split)
+    for key, label in ((plain, f"plain {cut}"), (plain.with_(threshold="youden_val"), "plain @Youden(val)")):
+        if str(key) in m:
+            rows.append((label, m[str(key)]))
     if tta:
-        n = tta.split("_tta")[-1]
-        rows.append((f"TTA×{n} {cut}", m[tta]))
-        if f"{tta}@youden_val" in m:
-            rows.append((f"TTA×{n} @Youden(val)", m[f"{tta}@youden_val"]))
-    for key in sorted(k for k in m if k.startswith(f"eval:{split}")):
+        tk = MetricKey.parse(tta)
+        rows.append((f"TTA×{tk.tta} {cut}", m[tta]))
+        if str(tk.with_(threshold="youden_val")) in m:
+            rows.append((f"TTA×{tk.tta} @Youden(val)", m[str(tk.with_(threshold="youden_val"))]))
+    for key in sorted(k for k in m if (mk := MetricKey.parse(k)) and mk.source == "evaluate" and mk.split == split):
         rows.append((f"`{key}` (train.evaluate)", m[key]))
     return rows
 
@@ -190,9 +194,7 @@ def summary_table(roots: list[Path]) -> list[str]:
     """One line per classifier entry: the figures a reader compares first."""
     rows = []
     for root in roots:
-        for s in list_entries(root):
-            if not (s.ok and s.card and s.card.get("kind") == "classifier"):
-                continue
+        for s in usable(list_entries(root), "classifier"):
             c, t = s.card, s.card.get("training", {})
             m = c.get("metrics", {})
             plain, tta_key = m.get("test") or {}, _tta_key(m, "test")
@@ -234,7 +236,7 @@ def recipe_row(card: dict[str, Any]) -> str:
     if task == "binary":
         points = []
         for name in ("default", "sens95_val", "youden_val"):
-            pm = m.get("test" if name == "default" else f"test@{name}")
+            pm = m.get(str(MetricKey("test", threshold=None if name == "default" else name)))
             if pm:
                 mark = "**" if name == (card.get("threshold_source") or "default") else ""
                 points.append(f"{mark}{name}: {_pct(pm.get('accuracy'))} ({_pct(pm.get('sensitivity'))} / {_pct(pm.get('specificity'))}){mark}")
@@ -255,9 +257,10 @@ def issue14_status(card: dict[str, Any]) -> str:
     if not goals or "test" not in m:
         return ""
     src = card.get("threshold_source") or "default"
-    at = m.get("test" if src in ("default", "argmax") else f"test@{src}") or m["test"]
+    op = None if src in ("default", "argmax") else src
+    at = m.get(str(MetricKey("test", threshold=op))) or m["test"]
     tta_key = _tta_key(m, "test")
-    tta_at = (m.get(tta_key if src in ("default", "argmax") else f"{tta_key}@{src}") or {}) if tta_key else {}
+    tta_at = (m.get(str(MetricKey.parse(tta_key).with_(threshold=op))) or {}) if tta_key else {}
     have: dict[str, float | None] = {"accuracy": max(at.get("accuracy") or 0, tta_at.get("accuracy") or 0),
                                      "ece": m["test"].get("ece_calibrated", m["test"].get("ece"))}
     if task == "binary":
@@ -282,13 +285,13 @@ def recipe_table(roots: list[Path]) -> list[str]:
     """The recipe table of issue 14: one row per real-data classifier card, oldest first per task."""
     rows = []
     for root in roots:
-        for s in list_entries(root):
-            if s.ok and s.card and s.card.get("kind") == "classifier" and not is_synthetic(s.card):
+        for s in usable(list_entries(root), "classifier"):
+            if not is_synthetic(s.card):
                 rows.append((s.card.get("task", ""), s.card.get("created_at", ""), recipe_row(s.card)))
     if not rows:
         return []
-    status = [f"- `{s.id}` ({s.card.get('task')}): {issue14_status(s.card)}" for root in roots for s in list_entries(root)
-              if s.ok and s.card and s.card.get("kind") == "classifier" and not is_synthetic(s.card) and issue14_status(s.card)]
+    status = [f"- `{s.id}` ({s.card.get('task')}): {issue14_status(s.card)}" for root in roots for s in usable(list_entries(root), "classifier")
+              if not is_synthetic(s.card) and issue14_status(s.card)]
     head = [
         "| recipe | task | command | minutes here | val AUROC (binary) / accuracy (3-class) | test accuracy plain / TTA | "
         "test AUROC plain / TTA | test accuracy (sens / spec) at each validation-chosen threshold, **in use** · 3-class recall | "
@@ -373,7 +376,7 @@ def build_markdown(roots: list[Path], levers: Path | None = None) -> str:
                     "Calibrated ECE uses the temperature fitted on validation.", "", *table, ""]
     for root in roots:
         statuses = list_entries(root)
-        classifiers = [s for s in statuses if s.ok and s.card and s.card.get("kind") == "classifier"]
+        classifiers = usable(statuses, "classifier")
         broken = [s for s in statuses if not s.ok]
         out += [f"## Registry `{root}`", ""]
         if not root.is_dir():

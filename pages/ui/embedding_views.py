@@ -15,7 +15,8 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxr_core.neighbors import Neighbors, ReferenceSet
+from cxr_core.neighbors import Neighbors
+from cxr_core.reference import ReferenceSet
 
 #: Colour options of the map: label → function of the reference set giving one category per row.
 COLOUR_OPTIONS = ("label", "subtype", "split", "predicted", "correct", "KNN agrees with head")
@@ -74,6 +75,43 @@ def scatter_figure(
     """The map as a WebGL scatter (2-D) or a 3-D scatter, one trace per category."""
     xyz = ref.maps[map_name]
     three = xyz.shape[1] == 3
+    traces = _category_traces(ref, xyz, colour, marker_size)
+    if highlight:
+        h = np.asarray(highlight[:500], dtype=np.int32)
+        ring = {"mode": "markers", "name": "selected", "customdata": h, "hoverinfo": "skip",
+                "marker": {"size": 14 if not three else 8, "color": "rgba(0,0,0,0)", "line": {"color": "#111", "width": 2}}}
+        traces.append(_trace(xyz[h], ring))
+    if upload is not None:
+        label, pos = upload
+        star = {"mode": "markers", "name": f"upload: {label}", "customdata": np.array([-1], dtype=np.int32),
+                "hovertemplate": f"uploaded image<br>{label}<extra></extra>",
+                "marker": {"size": 18 if not three else 9, "symbol": "star" if not three else "diamond",
+                           "color": "#ffd60a", "line": {"color": "#000", "width": 1.5}}}
+        traces.append(_trace([[pos[k]] for k in range(xyz.shape[1])], star, columns=True))
+    fig = go.Figure(traces)
+    fig.update_layout(
+        height=height, margin={"l": 0, "r": 0, "t": 10, "b": 0}, legend={"itemsizing": "constant"},
+        uirevision=map_name,
+    )
+    if not three:
+        fig.update_xaxes(showticklabels=False, title=None)
+        fig.update_yaxes(showticklabels=False, title=None)
+    else:
+        fig.update_scenes(xaxis_showticklabels=False, yaxis_showticklabels=False, zaxis_showticklabels=False)
+    return fig
+
+
+def _trace(points: Any, style: dict[str, Any], *, columns: bool = False) -> Any:
+    """A 3-D scatter of (n, 3) ``points``, else a WebGL 2-D one; ``columns``: given as [xs, ys(, zs)]."""
+    cols = list(points) if columns else [points[:, k] for k in range(points.shape[1])]
+    if len(cols) == 3:
+        return go.Scatter3d(x=cols[0], y=cols[1], z=cols[2], **style)
+    return go.Scattergl(x=cols[0], y=cols[1], **style)
+
+
+def _category_traces(ref: ReferenceSet, xyz: np.ndarray, colour: str, marker_size: float) -> list[Any]:
+    """One trace per category, each point carrying its global row id (see :func:`selected_rows`)."""
+    three = xyz.shape[1] == 3
     cats = categories(ref, colour)
     ids = np.arange(len(ref), dtype=np.int32)
     names = np.char.rpartition(ref.paths.astype(str), "/")[:, 2] if len(ref) <= HOVER_NAMES_MAX else None
@@ -92,35 +130,8 @@ def scatter_figure(
             common["hovertemplate"] = "%{text}<br>row %{customdata}<extra>" + cat + "</extra>"
         else:
             common["hovertemplate"] = "row %{customdata}<extra>" + cat + "</extra>"
-        if three:
-            traces.append(go.Scatter3d(x=xyz[mask, 0], y=xyz[mask, 1], z=xyz[mask, 2], **common))
-        else:
-            traces.append(go.Scattergl(x=xyz[mask, 0], y=xyz[mask, 1], **common))
-    if highlight:
-        h = np.asarray(highlight[:500], dtype=np.int32)
-        ring = {"mode": "markers", "name": "selected", "customdata": h, "hoverinfo": "skip",
-                "marker": {"size": 14 if not three else 8, "color": "rgba(0,0,0,0)", "line": {"color": "#111", "width": 2}}}
-        traces.append(go.Scatter3d(x=xyz[h, 0], y=xyz[h, 1], z=xyz[h, 2], **ring) if three
-                      else go.Scattergl(x=xyz[h, 0], y=xyz[h, 1], **ring))
-    if upload is not None:
-        label, pos = upload
-        star = {"mode": "markers", "name": f"upload: {label}", "customdata": np.array([-1], dtype=np.int32),
-                "hovertemplate": f"uploaded image<br>{label}<extra></extra>",
-                "marker": {"size": 18 if not three else 9, "symbol": "star" if not three else "diamond",
-                           "color": "#ffd60a", "line": {"color": "#000", "width": 1.5}}}
-        traces.append(go.Scatter3d(x=[pos[0]], y=[pos[1]], z=[pos[2]], **star) if three
-                      else go.Scattergl(x=[pos[0]], y=[pos[1]], **star))
-    fig = go.Figure(traces)
-    fig.update_layout(
-        height=height, margin={"l": 0, "r": 0, "t": 10, "b": 0}, legend={"itemsizing": "constant"},
-        uirevision=map_name,
-    )
-    if not three:
-        fig.update_xaxes(showticklabels=False, title=None)
-        fig.update_yaxes(showticklabels=False, title=None)
-    else:
-        fig.update_scenes(xaxis_showticklabels=False, yaxis_showticklabels=False, zaxis_showticklabels=False)
-    return fig
+        traces.append(_trace(xyz[mask], common))
+    return traces
 
 
 def _row_of(customdata: Any) -> int | None:

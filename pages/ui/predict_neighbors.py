@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from cxr_core.neighbors import EXACT, Neighbors
 from pages.ui.embedding_views import scatter_figure, show_neighbors, show_votes
 from pages.ui.loaders import reference_set
 
@@ -38,17 +37,12 @@ def _render(prediction: Any) -> None:
                  f"{np.asarray(emb).shape[-1]}: rebuild the index with `python -m train.index {entry_id} --data DIR`.")
         return
     k = int(st.columns([1, 4])[0].number_input("Neighbours (K)", 1, min(50, len(ref)), min(ref.k, len(ref)), key="predict_k"))
-    nb = found = ref.knn.query(np.asarray(emb), min(k + 1, len(ref)))
-    same = nb.dist[0] <= 10 * EXACT
-    if same.any():
-        # The upload is a reference image: its own label would decide the vote, so it is left out.
-        row = int(nb.ids[0, np.argmax(same)])
+    nb, found, row = ref.knn.query_upload(np.asarray(emb), k)
+    if row is not None:
         st.info(f"This image is in the reference set ({ref.splits[row]} split, labelled {ref.labels[row]}: "
                 f"`{ref.paths[row]}`). It is left out of the neighbours and the vote below.")
-    keep = np.nonzero(~same)[0][:k]
-    if len(keep) == 0:
+    if nb.ids.shape[1] == 0:
         return
-    nb = Neighbors(nb.ids[:, keep], nb.dist[:, keep])
     show_neighbors(ref, nb)
     head = prediction.results.get(ref.task)
     show_votes(ref, nb, head_label=head.label if head is not None else None)

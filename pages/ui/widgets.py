@@ -8,7 +8,7 @@ from typing import Any
 
 import streamlit as st
 
-from cxr_core.registry import is_release, read_release_manifest
+from cxr_core.registry import is_release, read_release_manifest, usable
 
 from .loaders import entries, is_synthetic, registry_path
 
@@ -20,7 +20,7 @@ def demo_banner() -> None:
     trained on synthetic phantoms: the demo banner; anything else: the registry's path.
     """
     root = registry_path()
-    usable = [s for s in entries() if s.ok and s.card and s.card.get("kind") == "classifier"]
+    classifiers = usable(entries(), "classifier")
     if is_release(root):
         manifest = read_release_manifest(root)
         st.info(
@@ -28,7 +28,7 @@ def demo_banner() -> None:
             "(Kermany 2018, CC BY 4.0); research use, not a medical device.",
             icon="🫁",
         )
-    elif usable and all(is_synthetic(s.card) for s in usable):
+    elif classifiers and all(is_synthetic(s.card) for s in classifiers):
         st.info(
             "**Synthetic demo data.** These models were trained on generated phantoms, not on real patients. "
             f"Nothing here is a clinical finding. Registry: `{root}`.",
@@ -41,7 +41,7 @@ def demo_banner() -> None:
 def require_classifier() -> bool:
     """Show a clear message and return False when the registry has no usable classifier."""
     statuses = entries()
-    if any(s.ok and s.card and s.card.get("kind") == "classifier" for s in statuses):
+    if usable(statuses, "classifier"):
         return True
     broken = [s for s in statuses if not s.ok]
     st.warning(
