@@ -695,7 +695,7 @@ class DetectorOutput:
     flagged: bool
     input_u8: np.ndarray  # the prepared image the detector saw (S, S)
     reconstruction: np.ndarray | None = None  # autoencoder only, [0, 1] (S, S)
-    error_map: np.ndarray | None = None  # autoencoder only (S, S)
+    error_map: np.ndarray | None = None  # autoencoder and feature reconstruction (S, S)
 
 
 @dataclass
@@ -708,13 +708,21 @@ class LoadedDetector:
     threshold: float
     autoencoder: ConvAutoencoder | None = None
     features: FeatureDetector | None = None
+    recon: Any | None = None  # cxr_core.feature_recon.FeatureReconDetector
 
     @property
     def card(self) -> dict[str, Any]:
         return self.entry.card
 
     def score_prepared(self, images_u8: np.ndarray, want_maps: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Scores (N,) for prepared images (N, S, S); maps/reconstructions for the autoencoder."""
+        """Scores (N,) for prepared images (N, S, S); error maps for the reconstruction detectors,
+        reconstructions for the autoencoder."""
+        if self.recon is not None:
+            from .feature_recon import score_images
+
+            bb = shared_backbone(self.recon.cfg.architecture)
+            s, maps = score_images(self.recon, bb.model, bb.spec(self.spec.size), images_u8, want_maps=want_maps)
+            return s, None, maps
         if self.autoencoder is not None:
             ae = self.card["autoencoder"]
             return autoencoder_scores(self.autoencoder, images_u8, ae["loss"], ae["region"], want_maps=want_maps)
@@ -747,6 +755,11 @@ def load_detector(entry: Entry) -> LoadedDetector:
     weights = entry.load_weights()
     if entry.kind == "autoencoder":
         return LoadedDetector(entry, name, spec, threshold, autoencoder=autoencoder_from_card(card, weights))
+    if entry.kind == "detector" and "feature_recon" in card:
+        from .feature_recon import FeatureReconDetector, ReconConfig
+
+        recon = FeatureReconDetector.from_tensors(ReconConfig.from_dict(card["feature_recon"]), weights)
+        return LoadedDetector(entry, name, spec, threshold, recon=recon)
     if entry.kind == "detector" and "features" in card:
         return LoadedDetector(entry, name, spec, threshold, features=FeatureDetector.from_card(card, weights))
     raise ValueError(f"entry {entry.id} is not an anomaly detector (kind {entry.kind!r})")

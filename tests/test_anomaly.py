@@ -22,6 +22,7 @@ from cxr_core.anomaly import (
     score_metrics,
     suggest_thresholds,
 )
+from cxr_core.feature_recon import ReconConfig
 from cxr_core.registry import list_entries, verify_entry
 from tests.conftest import REPO
 
@@ -140,9 +141,10 @@ def anomaly_registry(synthetic_data, tmp_path_factory) -> Path:
         ae=AEConfig(size=32, epochs=2, batch_size=8, widths=(8, 8, 16, 16), latent=4),
         features=FeatureConfig(size=64, layers=("2", "3")), ood_max_train=40,
         ood_features=FeatureConfig(size=64, layers=("3", "6"), pooling="mean"),
+        recon_kinds=("inpaint", "distill"), recon=ReconConfig(size=64, epochs=2, hidden=16, bottleneck=8, batch_size=8),
     )
     made = run(cfg, log=lambda s: None)
-    assert len(made) == 4
+    assert len(made) == 6
     return root
 
 
@@ -152,6 +154,8 @@ def test_training_writes_valid_entries(anomaly_registry, synthetic_data):
     kinds = sorted((s.card["kind"], s.card["task"], s.card.get("detector")) for s in statuses)
     assert kinds == [
         ("autoencoder", "anomaly", "autoencoder-mse"),
+        ("detector", "anomaly", "feature-recon-distill"),
+        ("detector", "anomaly", "feature-recon-inpaint"),
         ("detector", "anomaly", "features-knn"),
         ("detector", "anomaly", "features-mahalanobis"),
         ("detector", "ood", "ood-features-mahalanobis"),
@@ -184,7 +188,12 @@ def test_training_writes_valid_entries(anomaly_registry, synthetic_data):
         i = int(np.flatnonzero(z["splits"] == "test")[0])
         out = det.score(read_gray(safe_join(synthetic_data, str(z["paths"][i]))))
         assert out.score == pytest.approx(float(z["scores"][i]), rel=1e-4)
-        assert (out.error_map is not None) == (card["kind"] == "autoencoder")
+        has_map = card["kind"] == "autoencoder" or "feature_recon" in card
+        assert (out.error_map is not None) == has_map
+        if has_map:
+            assert out.error_map.shape == out.input_u8.shape and np.isfinite(out.error_map).all()
+        if "feature_recon" in card:
+            assert card["map_scale"] > 0 and card["map_grid"] == card["input"]["size"] // 16
     ae = next(s for s in statuses if s.card["kind"] == "autoencoder")
     assert len(ae.card["training"]["history"]) == 2
 
@@ -226,7 +235,7 @@ def test_threshold_page_panel_commit_and_save_write_card(anomaly_registry, tmp_p
     monkeypatch.setenv("CXR_REGISTRY", str(reg))
     at = AppTest.from_file(str(REPO / "pages/3_Anomaly_threshold.py"), default_timeout=TIMEOUT).run()
     assert not at.exception, at.exception
-    assert len(at.selectbox(key="anomaly_entry").options) == 3  # the OOD guard is not an anomaly detector
+    assert len(at.selectbox(key="anomaly_entry").options) == 5  # the OOD guard is not an anomaly detector
     entry_id = at.selectbox(key="anomaly_entry").value
     key = f"anomaly_thr::{entry_id}"
     card = json.loads((reg / entry_id / "card.json").read_text())
@@ -267,6 +276,49 @@ def test_threshold_page_panel_commit_and_save_write_card(anomaly_registry, tmp_p
     test_data = _panel(at)
     assert test_data["dataset"] != data["dataset"]
     assert len(test_data["neg"]) + len(test_data["pos"]) == int((z["splits"] == "test").sum())
+
+
+def _walk(node):
+    """Every node of an AppTest element tree (st.image has no accessor of its own)."""
+    yield node
+    for c in getattr(node, "children", {}).values():
+        yield from _walk(c)
+
+
+def test_threshold_page_defaults_to_best_on_validation_and_names_each_kind(anomaly_registry, tmp_path, monkeypatch):
+    """Every detector is offered with its kind; the default is the highest validation AUROC (never test);
+    a feature reconstruction detector shows its anomaly map for the films either side of the threshold."""
+    from streamlit.testing.v1 import AppTest
+
+    from cxr_core.registry import update_card
+
+    reg = _copy(anomaly_registry, tmp_path / "reg")
+    statuses = [s for s in list_entries(reg) if s.ok and s.card.get("task") == "anomaly"]
+    recon = next(s for s in statuses if s.card.get("detector") == "feature-recon-inpaint")
+    # Make the in-painting detector the best on validation and the worst on test: the page must follow validation.
+    for s in statuses:
+        best = s.id == recon.id
+        update_card(s.path, lambda c, b=best: (c["metrics"]["val"].update(auroc=0.99 if b else 0.6),
+                                               c["metrics"]["test"].update(auroc=0.1 if b else 0.9)))
+    monkeypatch.setenv("CXR_REGISTRY", str(reg))
+    at = AppTest.from_file(str(REPO / "pages/3_Anomaly_threshold.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    box = at.selectbox(key="anomaly_entry")
+    assert box.value == recon.id and box.options[0].endswith("best on validation")
+    kinds = {"pixel reconstruction": 0, "feature reconstruction": 0, "feature distance": 0}
+    for option in box.options:
+        for k in kinds:
+            kinds[k] += f" · {k} · " in option
+    assert kinds == {"pixel reconstruction": 1, "feature reconstruction": 2, "feature distance": 2}, box.options
+    assert any(c.value.startswith("**Feature reconstruction**:") for c in at.caption)
+    # The example films either side of the threshold: each with its anomaly map.
+    captions = [c for n in _walk(at._tree) if getattr(n, "type", "") == "image" for c in n.captions]
+    assert sum("anomaly map" in c for c in captions) >= 2, captions
+    # Another kind selected: its own one-line description.
+    ae = next(s for s in statuses if s.card["kind"] == "autoencoder")
+    at.selectbox(key="anomaly_entry").set_value(ae.id).run()
+    assert not at.exception, at.exception
+    assert any(c.value.startswith("**Pixel reconstruction**:") for c in at.caption)
 
 
 def test_threshold_page_without_detectors(tmp_path, monkeypatch):
@@ -314,7 +366,7 @@ def test_predict_section_scores_an_upload(anomaly_registry, synthetic_data, tmp_
     for s in detectors:
         entry = load_entry(reg, s.id)
         own[str(entry.card.get("name", entry.id))] = (entry.id, load_detector(entry).score(gray).score)
-    assert len(own) == 3 and any("Autoencoder" in n for n in own)
+    assert len(own) == 5 and any("Autoencoder" in n for n in own)
 
     def check(expect_flag: bool | None) -> None:
         at = AppTest.from_function(_render_section, args=(str(img),), default_timeout=TIMEOUT).run()
@@ -361,7 +413,7 @@ def test_predict_section_does_not_score_a_detector_worse_than_chance(anomaly_reg
     at = AppTest.from_function(_render_section, args=(str(img),), default_timeout=TIMEOUT).run()
     assert not at.exception, at.exception
     names = {m.label for m in at.metric}
-    assert len(names) == 2 and not any("Autoencoder" in n for n in names)
+    assert len(names) == 4 and not any("Autoencoder" in n for n in names)
     assert any("worse than chance on validation" in c.value and "AUROC 0.091" in c.value for c in at.caption)
     assert verify_entry(ae.path).ok
 
@@ -478,7 +530,7 @@ def test_models_page_shows_every_detector_card(anomaly_registry, monkeypatch):
     at = AppTest.from_file(str(REPO / "pages/5_Models_and_data.py"), default_timeout=TIMEOUT).run()
     assert not at.exception, at.exception
     options = at.selectbox(key="entry").options
-    assert len(options) == 4
+    assert len(options) == 6
     for option in options:
         at.selectbox(key="entry").select(option).run()
         assert not at.exception, (option, at.exception)

@@ -41,11 +41,12 @@ from cxr_core.anomaly import (
 )
 from cxr_core.config import InputSpec
 from cxr_core.data import Dataset, Sample, load_images, read_dataset, with_validation_split
+from cxr_core.feature_recon import RECON_KINDS, ReconConfig, extract_maps, train_recon
 from cxr_core.preprocess import prepare
 from cxr_core.registry import Entry, registry_root, write_entry
 
 Progress = Callable[[str, int, int], None]
-DETECTORS = ("autoencoder", "features", "ood", "all")
+DETECTORS = ("autoencoder", "features", "recon", "ood", "all")
 
 
 @dataclass
@@ -64,6 +65,9 @@ class AnomalyConfig:
     ae: AEConfig = field(default_factory=AEConfig)
     feature_methods: tuple[str, ...] = ("mahalanobis", "knn")
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    #: Feature reconstruction detectors fitted by ``--detector recon`` (and ``all``).
+    recon_kinds: tuple[str, ...] = ("inpaint",)
+    recon: ReconConfig = field(default_factory=ReconConfig)
     ood_quantile: float = 0.995
     ood_margin: float = 1.5
     ood_max_train: int = 1500
@@ -73,8 +77,9 @@ class AnomalyConfig:
     notes: str = ""
 
     def args(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("ae", "features", "ood_features")}
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("ae", "features", "ood_features", "recon")}
         d["feature_methods"] = list(self.feature_methods)
+        d["recon_kinds"] = list(self.recon_kinds)
         return d
 
 
@@ -263,6 +268,69 @@ def fit_feature_detectors(cfg: AnomalyConfig, ds: Dataset, splits: dict[str, lis
     return made
 
 
+#: One line per network kind, for the card's name and score description.
+RECON_NAMES = {
+    "inpaint": "Feature in-painting",
+    "distill": "Feature reverse distillation",
+}
+
+
+def fit_feature_recon(cfg: AnomalyConfig, ds: Dataset, splits: dict[str, list[Sample]], images: _Images,
+                      progress: Progress | None, log: Callable[[str], None]) -> list[Entry]:
+    """Feature reconstruction detectors (``cxr_core.feature_recon``) on frozen ImageNet feature maps."""
+    rc = cfg.recon
+    backbone = shared_backbone(rc.architecture)
+    spec = backbone.spec(rc.size)
+    t0 = time.perf_counter()
+    maps = {}
+    for s in ("train_normal", "val", "test"):
+        if splits[s]:
+            cb = (lambda i, n, s=s: progress(f"feature maps {s} @{rc.size}px", i, n)) if progress else None
+            maps[s] = extract_maps(backbone.model, images.get(s, splits[s], spec), spec, rc.layers, progress=cb)
+    t_feat = time.perf_counter() - t0
+    made = []
+    for kind in cfg.recon_kinds:
+        kcfg = ReconConfig.from_dict({**rc.to_dict(), "kind": kind})
+        t1 = time.perf_counter()
+        det, history = train_recon(kcfg, maps["train_normal"], log=log)
+        t_train = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        err_maps = {s: det.error_maps(maps[s]) for s in ("val", "test") if s in maps}
+        scores = {s: det.score_maps(e) for s, e in err_maps.items()}
+        n_scored = sum(len(v) for v in scores.values())
+        val_normal = np.array([x.label == "NORMAL" for x in splits["val"]])
+        # The error drawn at full colour on the maps: 99th percentile over healthy validation films' positions.
+        map_scale = float(np.quantile(err_maps["val"][val_normal], 0.99)) if val_normal.any() else None
+        err = "mean squared error" if kind == "inpaint" else "1 − cosine similarity"
+        card = {
+            **_base_card(cfg, ds, splits, "detector", "anomaly"),
+            "name": f"{RECON_NAMES[kind]} ({rc.size}px)",
+            "detector": f"feature-recon-{kind}",
+            "family": "feature reconstruction",
+            "architecture": rc.architecture,
+            "pretrained": True,
+            "pretrained_source": backbone.source,
+            "input": spec.to_dict(),
+            "feature_recon": kcfg.to_dict(),
+            "map_scale": map_scale,
+            "map_grid": int(maps["train_normal"].shape[-1]),
+            "score": (f"{err} of reconstructed ImageNet {rc.architecture} feature maps (blocks {', '.join(rc.layers)}, "
+                      f"stride-16 grid), {kcfg.pooling} over the box {list(kcfg.region)} (top, bottom, left, right)"),
+            "training": {
+                "args": cfg.args(),
+                "seconds_total": t_feat + t_train,
+                "seconds_features": t_feat,
+                "seconds_train": t_train,
+                "ms_per_image_recon": 1000 * (time.perf_counter() - t2) / max(n_scored, 1),
+                "device": f"cpu ({torch.get_num_threads()} threads)",
+                "n_train_normal": len(splits["train_normal"]),
+                "history": history,
+            },
+        }
+        made.append(_write(cfg, card, det.tensors(), splits, scores, log))
+    return made
+
+
 def fit_ood(cfg: AnomalyConfig, ds: Dataset, splits: dict[str, list[Sample]], features: _Features,
             progress: Progress | None, log: Callable[[str], None]) -> Entry:
     from cxr_core.ood import OOD_FEATURES, fit_ood_guard
@@ -311,6 +379,10 @@ def run(cfg: AnomalyConfig, progress: Progress | None = None, log: Callable[[str
     bad = [m for m in cfg.feature_methods if m not in FEATURE_METHODS]
     if bad:
         raise ValueError(f"unknown feature method(s) {bad}; expected {FEATURE_METHODS}")
+    bad = [k for k in cfg.recon_kinds if k not in RECON_KINDS]
+    if bad:
+        raise ValueError(f"unknown feature reconstruction kind(s) {bad}; expected {RECON_KINDS}")
+    cfg.recon.validate()
     if cfg.ae.loss not in AE_LOSSES:
         raise ValueError(f"--ae-loss must be one of {AE_LOSSES}")
     ds = with_validation_split(read_dataset(cfg.data), cfg.val_fraction, cfg.seed)
@@ -339,6 +411,8 @@ def run(cfg: AnomalyConfig, progress: Progress | None = None, log: Callable[[str
     made: list[Entry] = []
     if cfg.detector in ("features", "all"):
         made += fit_feature_detectors(cfg, ds, splits, features, progress, log)
+    if cfg.detector in ("recon", "all"):
+        made += fit_feature_recon(cfg, ds, splits, images, progress, log)
     if cfg.detector in ("ood", "all"):
         made.append(fit_ood(cfg, ds, splits, features, progress, log))
     if cfg.detector in ("autoencoder", "all"):
@@ -348,10 +422,11 @@ def run(cfg: AnomalyConfig, progress: Progress | None = None, log: Callable[[str
 
 def demo_step(root: Path, data: Path, classifiers: list[Entry], progress: Progress | None, log: Callable[[str], None]) -> list[Entry]:
     """Demo build: every detector on the synthetic set at reduced sizes (one 160 px backbone pass serves
-    the feature detectors and the guard; a 64 px autoencoder for 6 epochs)."""
+    the feature detectors and the guard; a 64 px autoencoder for 6 epochs; feature in-painting at 160 px)."""
     cfg = AnomalyConfig(
         data=str(data), out=str(root), detector="all", synthetic=True, notes="synthetic demo",
         ae=AEConfig(size=64, epochs=6, batch_size=16, bn_recalibrate=True), features=FeatureConfig(size=160),
+        recon=ReconConfig(size=160, epochs=15, hidden=64, batch_size=16),
         ood_max_train=240,
         ood_features=FeatureConfig(size=160, layers=("4", "6"), pooling="mean"),
     )
@@ -387,6 +462,14 @@ def parse_args(argv: list[str] | None = None) -> AnomalyConfig:
     p.add_argument("--layers", default=",".join(f.layers), help="EfficientNet-Lite blocks 0-6 and/or 'head'")
     p.add_argument("--pooling", choices=["mean", "meanstd"], default=f.pooling)
     p.add_argument("--k", type=int, default=f.k)
+    r = ReconConfig()
+    p.add_argument("--recon-kinds", default=",".join(AnomalyConfig.recon_kinds),
+                   help=f"feature reconstruction networks, some of {','.join(RECON_KINDS)}")
+    p.add_argument("--recon-size", type=int, default=r.size)
+    p.add_argument("--recon-layers", default=",".join(r.layers), help="EfficientNet-Lite blocks 1-4")
+    p.add_argument("--recon-epochs", type=int, default=r.epochs)
+    p.add_argument("--recon-pooling", choices=["mean", "top"], default=r.pooling)
+    p.add_argument("--recon-top-fraction", type=float, default=r.top_fraction)
     p.add_argument("--ood-quantile", type=float, default=0.995)
     p.add_argument("--ood-margin", type=float, default=1.5, help="guard threshold = margin x the quantile")
     p.add_argument("--ood-max-train", type=int, default=1500)
@@ -403,6 +486,9 @@ def parse_args(argv: list[str] | None = None) -> AnomalyConfig:
         data=ns.data, out=ns.out, detector=ns.detector, val_fraction=ns.val_fraction, seed=ns.seed, device=ns.device,
         max_per_split=ns.max_per_split, target_sensitivity=ns.target_sensitivity, normal_quantile=ns.normal_quantile,
         ae=ae, features=fc, feature_methods=tuple(x.strip() for x in ns.feature_methods.split(",") if x.strip()),
+        recon_kinds=tuple(x.strip() for x in ns.recon_kinds.split(",") if x.strip()),
+        recon=ReconConfig(size=ns.recon_size, layers=tuple(x.strip() for x in ns.recon_layers.split(",") if x.strip()),
+                          epochs=ns.recon_epochs, pooling=ns.recon_pooling, top_fraction=ns.recon_top_fraction),
         ood_quantile=ns.ood_quantile, ood_margin=ns.ood_margin, ood_max_train=ns.ood_max_train, notes=ns.notes,
     )
 
