@@ -5,7 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from cxr_core.data import DatasetError
-from cxr_core.explain import COLORMAPS, METHOD_LABELS, METHODS, overlay, select_items
+from cxr_core.explain.gallery import select_items
+from cxr_core.explain.methods import METHOD_LABELS, METHODS
+from cxr_core.explain.overlay import COLORMAPS, overlay
 from cxr_core.models import gradcam_layer_choices
 from cxr_core.registry import select
 from pages.ui.loaders import entries, gallery_cam, split_predictions

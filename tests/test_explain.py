@@ -38,6 +38,19 @@ from tests.conftest import REPO
 SHAPE = (300, 240)  # non-square on purpose: maps must come back at the original H x W
 
 
+def test_the_package_reexports_each_module_s_public_names():
+    """``from cxr_core.explain import X`` keeps working for every name, and X is the module's own object."""
+    import importlib
+
+    import cxr_core.explain as pkg
+
+    for name in pkg.__all__:
+        obj = getattr(pkg, name)
+        home = getattr(obj, "__module__", None)
+        if home and home.startswith("cxr_core.explain."):
+            assert getattr(importlib.import_module(home), name) is obj
+
+
 @pytest.fixture(scope="module")
 def gray() -> np.ndarray:
     img = make_phantom("bacteria", 3, 256).image

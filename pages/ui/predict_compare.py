@@ -41,7 +41,8 @@ def render(decoded: DecodedImage, prediction: Any) -> None:
 
 @st.fragment
 def _section(decoded: DecodedImage, prediction: Any, rows: list[int], dist: list[float]) -> None:
-    from cxr_core.explain import DEFAULT_METHOD, overlay
+    from cxr_core.explain.methods import DEFAULT_METHOD
+    from cxr_core.explain.overlay import overlay
 
     entry_id = prediction.embedding_entry
     ref = reference_set(entry_id)

@@ -8,7 +8,9 @@ from typing import Any
 
 import streamlit as st
 
-from cxr_core.explain import COLORMAPS, METHOD_LABELS, METHODS, Explanation, cam_png, overlay
+from cxr_core.explain.explainer import Explanation
+from cxr_core.explain.methods import METHOD_LABELS, METHODS
+from cxr_core.explain.overlay import COLORMAPS, cam_png, overlay
 from cxr_core.imaging import DecodedImage
 from cxr_core.models import gradcam_layer_choices
 

@@ -45,7 +45,8 @@ def _model(entry: Any, role: str) -> ReportModel:
 
 def study_cam(decoded: DecodedImage, prediction: Any) -> tuple[np.ndarray | None, str]:
     """Overlay and caption of the default map (HiResCAM) for the predicted class, 3-class model first."""
-    from cxr_core.explain import DEFAULT_METHOD, METHOD_LABELS, overlay
+    from cxr_core.explain.methods import DEFAULT_METHOD, METHOD_LABELS
+    from cxr_core.explain.overlay import overlay
 
     task = "multiclass" if "multiclass" in prediction.results else "binary"
     res = prediction.results.get(task)
