@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Concatenate, Generic, ParamSpec, TypeVar
 
 import streamlit as st
 
@@ -15,6 +18,9 @@ from cxr_core.runtime import limit_blas_threads
 
 # Once per server process (this module is imported once): see cxr_core.runtime for the measurement.
 limit_blas_threads()
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def registry_path() -> Path:
@@ -42,25 +48,52 @@ def registry_signature(root: Path | None = None) -> tuple:
     return tuple(sig)
 
 
-@st.cache_resource(show_spinner="Checking the registry…", max_entries=4)
-def _entries(root: str, signature: tuple) -> list[EntryStatus]:
+class RegistryLoader(Generic[P, R]):
+    """A loader of this server's registry: ``loader(*args)`` is ``loader.cached(root, signature, *args)``.
+
+    Every heavy object depends on the registry, so the cache key carries its folder and
+    :func:`registry_signature`: a retrained or edited entry changes the signature and reloads,
+    while old keys age out through ``max_entries``. Loaders built from other loaders call
+    ``.cached`` with the (root, signature) they were given, so one page run sees one registry
+    state throughout.
+    """
+
+    def __init__(self, fn: Callable[Concatenate[str, tuple, P], R], cache: Callable[[Callable], Callable] | None) -> None:
+        self.cached: Callable[Concatenate[str, tuple, P], R] = cache(fn) if cache is not None else fn
+        self._signature = inspect.signature(fn)
+        self.__name__, self.__qualname__, self.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+        self.__module__ = fn.__module__
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        root = registry_path()
+        call = self._signature.bind(str(root), registry_signature(root), *args, **kwargs)
+        # Defaults filled in and everything passed by position: one cache key per distinct call,
+        # as when each wrapper spelled out its call.
+        call.apply_defaults()
+        return self.cached(*call.args)
+
+
+def registry_loader(
+    show_spinner: bool | str = True, max_entries: int | None = None, *, cache: bool = True
+) -> Callable[[Callable[Concatenate[str, tuple, P], R]], RegistryLoader[P, R]]:
+    """Turn ``fn(root, signature, *args)`` into the page-facing ``fn(*args)`` on this server's registry.
+
+    With ``cache`` (the default) results live in ``st.cache_resource``: models and indexes are
+    shared, read-only, by every session of the process rather than copied per call.
+    """
+    wrap = st.cache_resource(show_spinner=show_spinner, max_entries=max_entries) if cache else None
+    return lambda fn: RegistryLoader(fn, wrap)
+
+
+@registry_loader(show_spinner="Checking the registry…", max_entries=4)
+def entries(root: str, signature: tuple) -> list[EntryStatus]:
+    """Every registry entry with its status (hashes verified once per registry change)."""
     return list_entries(root)
 
 
-def entries() -> list[EntryStatus]:
-    """Every registry entry with its status (hashes verified once per registry change)."""
-    root = registry_path()
-    return _entries(str(root), registry_signature(root))
-
-
-@st.cache_resource(show_spinner="Loading models…", max_entries=2)
-def _predictor(root: str, signature: tuple) -> Predictor:
-    return Predictor.from_registry(root, statuses=_entries(root, signature))
-
-
-def predictor() -> Predictor:
-    root = registry_path()
-    return _predictor(str(root), registry_signature(root))
+@registry_loader(show_spinner="Loading models…", max_entries=2)
+def predictor(root: str, signature: tuple) -> Predictor:
+    return Predictor.from_registry(root, statuses=entries.cached(root, signature))
 
 
 def is_synthetic(card: dict | None) -> bool:
@@ -82,8 +115,9 @@ def anomaly_detector_entries() -> list:
     return anomaly_entries(entries())
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
-def _anomaly_scores(root: str, signature: tuple, entry_id: str) -> dict:
+@registry_loader(show_spinner=False, max_entries=16)
+def anomaly_scores(root: str, signature: tuple, entry_id: str) -> dict:
+    """``{"arrays": scores.npz, "tables": {split: ThresholdTable}}`` for one detector entry."""
     from cxr_core.anomaly import ThresholdTable
     from cxr_core.registry import load_entry
 
@@ -96,39 +130,23 @@ def _anomaly_scores(root: str, signature: tuple, entry_id: str) -> dict:
     return {"arrays": data, "tables": tables}
 
 
-def anomaly_scores(entry_id: str) -> dict:
-    """``{"arrays": scores.npz, "tables": {split: ThresholdTable}}`` for one detector entry."""
-    root = registry_path()
-    return _anomaly_scores(str(root), registry_signature(root), entry_id)
-
-
-@st.cache_resource(show_spinner="Loading the anomaly detector…", max_entries=8)
-def _anomaly_detector(root: str, signature: tuple, entry_id: str):
+@registry_loader(show_spinner="Loading the anomaly detector…", max_entries=8)
+def anomaly_detector(root: str, signature: tuple, entry_id: str):
+    """A ``LoadedDetector`` for one entry (weights loaded once per registry change)."""
     from cxr_core.anomaly import load_detector
     from cxr_core.registry import load_entry
 
     return load_detector(load_entry(root, entry_id))
 
 
-def anomaly_detector(entry_id: str):
-    """A ``LoadedDetector`` for one entry (weights loaded once per registry change)."""
-    root = registry_path()
-    return _anomaly_detector(str(root), registry_signature(root), entry_id)
-
-
-@st.cache_resource(show_spinner="Loading the chest X-ray guard…", max_entries=2)
-def _ood_guard(root: str, signature: tuple):
+@registry_loader(show_spinner="Loading the chest X-ray guard…", max_entries=2)
+def ood_guard(root: str, signature: tuple):
+    """The registry's fitted ``OODGuard``, or None when none was trained."""
     from cxr_core.ood import OODGuard
     from cxr_core.registry import select
 
-    entry = select(_entries(root, signature), "detector", "ood")
+    entry = select(entries.cached(root, signature), "detector", "ood")
     return None if entry is None else OODGuard.from_entry(entry)
-
-
-def ood_guard():
-    """The registry's fitted ``OODGuard``, or None when none was trained."""
-    root = registry_path()
-    return _ood_guard(str(root), registry_signature(root))
 
 
 # --- Grad-CAM (Predict page section and the Explain page) ------------------------------------
@@ -136,71 +154,58 @@ def ood_guard():
 
 @st.cache_resource(show_spinner="Preparing Grad-CAM…", max_entries=8)
 def _explainer(root: str, signature: tuple, entry_id: str, layer: str | None = None):
-    from cxr_core.explain import Explainer
+    from cxr_core.explain.explainer import Explainer
     from cxr_core.registry import load_entry
 
     return Explainer.from_entry(load_entry(root, entry_id), target_layer=layer)
 
 
-def _method_explainer(root: str, signature: tuple, entry_id: str, layer: str | None, method: str):
+@registry_loader(cache=False)
+def explainer(root: str, signature: tuple, entry_id: str, layer: str | None = None, method: str | None = None):
+    """A CAM ``Explainer`` with its own copy of a classifier: the predictor's model never gets hooks.
+
+    ``layer``: a module name from ``models.gradcam_layer_choices``; None: ``method``'s default layer
+    (the default method's when ``method`` is None too).
+    """
+    from cxr_core.explain.methods import DEFAULT_METHOD
     from cxr_core.models import default_cam_layer
 
+    method = method or DEFAULT_METHOD
     # One explainer (one model copy) per layer actually used: the default one answers for HiResCAM's layer.
     default = _explainer(root, signature, entry_id, None)
     name = layer or default_cam_layer(default.architecture, method)
     return default if name is None or name == default.layer_name else _explainer(root, signature, entry_id, name)
 
 
-def explainer(entry_id: str, layer: str | None = None, method: str | None = None):
-    """A CAM ``Explainer`` with its own copy of a classifier: the predictor's model never gets hooks.
-
-    ``layer``: a module name from ``models.gradcam_layer_choices``; None: ``method``'s default layer
-    (the default method's when ``method`` is None too).
-    """
-    from cxr_core.explain import DEFAULT_METHOD
-
-    root = registry_path()
-    return _method_explainer(str(root), registry_signature(root), entry_id, layer, method or DEFAULT_METHOD)
-
-
-@st.cache_resource(show_spinner="Loading the classifier…", max_entries=4)
-def _classifier(root: str, signature: tuple, entry_id: str):
+@registry_loader(show_spinner="Loading the classifier…", max_entries=4)
+def classifier(root: str, signature: tuple, entry_id: str):
+    """A ``LoadedClassifier`` for any classifier entry (not only the one the predictor selected)."""
     from cxr_core.inference import load_classifier
     from cxr_core.registry import load_entry
 
     return load_classifier(load_entry(root, entry_id))
 
 
-def classifier(entry_id: str):
-    """A ``LoadedClassifier`` for any classifier entry (not only the one the predictor selected)."""
-    root = registry_path()
-    return _classifier(str(root), registry_signature(root), entry_id)
+@registry_loader(show_spinner="Classifying every image of the split (once per model)…", max_entries=8)
+def split_predictions(root: str, signature: tuple, entry_id: str, split: str):
+    """``GalleryItem`` per image of a split of the classifier's own dataset; raises ``DatasetError`` if it is gone."""
+    from cxr_core.explain.gallery import card_dataset, predict_split
 
-
-@st.cache_resource(show_spinner="Classifying every image of the split (once per model)…", max_entries=8)
-def _split_predictions(root: str, signature: tuple, entry_id: str, split: str):
-    from cxr_core.explain import card_dataset, predict_split
-
-    clf = _classifier(root, signature, entry_id)
+    clf = classifier.cached(root, signature, entry_id)
     return predict_split(clf, card_dataset(clf.entry.card), split)
 
 
-def split_predictions(entry_id: str, split: str):
-    """``GalleryItem`` per image of a split of the classifier's own dataset; raises ``DatasetError`` if it is gone."""
-    root = registry_path()
-    return _split_predictions(str(root), registry_signature(root), entry_id, split)
-
-
-@st.cache_resource(show_spinner=False, max_entries=256)
-def _gallery_cam(
-    root: str, signature: tuple, entry_id: str, path: str, method: str, target: str | None, side: int,
+@registry_loader(show_spinner=False, max_entries=256)
+def gallery_cam(
+    root: str, signature: tuple, entry_id: str, path: str, method: str, target: str | None, side: int = 320,
     layer: str | None = None,
 ):
+    """(gray, cam, target name, empty) of one dataset image, shrunk to ``side`` px, cached per process."""
     from cxr_core.data import safe_join
-    from cxr_core.explain import downscale
+    from cxr_core.explain.overlay import downscale
     from cxr_core.imaging import read_gray
 
-    ex = _method_explainer(root, signature, entry_id, layer, method)
+    ex = explainer.cached(root, signature, entry_id, layer, method)
     gray = read_gray(safe_join(_dataset_root(root, signature, entry_id), path))
     exp = ex.explain(gray, method=method, target=target)
     small_gray, small_cam = downscale(gray, exp.cam, side)
@@ -208,13 +213,7 @@ def _gallery_cam(
 
 
 def _dataset_root(root: str, signature: tuple, entry_id: str) -> str:
-    return str(_classifier(root, signature, entry_id).entry.card["dataset"]["root"])
-
-
-def gallery_cam(entry_id: str, path: str, method: str, target: str | None, side: int = 320, layer: str | None = None):
-    """(gray, cam, target name, empty) of one dataset image, shrunk to ``side`` px, cached per process."""
-    root = registry_path()
-    return _gallery_cam(str(root), registry_signature(root), entry_id, path, method, target, side, layer)
+    return str(classifier.cached(root, signature, entry_id).entry.card["dataset"]["root"])
 
 
 # --- Models & data page (issue 3) ----------------------------------------------------------------
@@ -237,21 +236,16 @@ def dataset_image_sizes(root: str, fingerprint: str | None = None) -> dict:
 # --- Embedding index (issue 4) -------------------------------------------------------------------
 
 
-@st.cache_resource(show_spinner="Loading the embedding index…", max_entries=4)
-def _reference_set(root: str, signature: tuple, entry_id: str):
+@registry_loader(show_spinner="Loading the embedding index…", max_entries=4)
+def reference_set(root: str, signature: tuple, entry_id: str):
+    """The entry's embedding index (``cxr_core.neighbors.ReferenceSet``, thumbnails memory-mapped), or None."""
     from cxr_core.neighbors import ReferenceSet
 
-    status = next((s for s in _entries(root, signature) if s.id == entry_id), None)
+    status = next((s for s in entries.cached(root, signature) if s.id == entry_id), None)
     if status is None or not status.ok:
         return None
     entry = status.entry()
     return ReferenceSet.from_entry(entry) if entry.has("index.npz") and has_thumbs(entry.card.get("files", {})) else None
-
-
-def reference_set(entry_id: str):
-    """The entry's embedding index (``cxr_core.neighbors.ReferenceSet``, thumbnails memory-mapped), or None."""
-    root = registry_path()
-    return _reference_set(str(root), registry_signature(root), entry_id)
 
 
 def indexed_classifiers() -> list[EntryStatus]:
