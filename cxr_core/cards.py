@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .config import TASK_CLASSES, InputSpec
+from .config import TASK_CLASSES, InputSpec, normal_class
 from .data import Dataset, read_dataset, with_validation_split
 
 _KEY = re.compile(r"^(?P<eval>eval:)?(?P<split>[a-z]+)(?:_tta(?P<tta>\d+))?(?:_knn_(?P<knn>[a-z]+))?(?:@(?P<thr>\w+))?$")
@@ -68,6 +68,7 @@ class DatasetInfo:
     val_seed: int = 0
     counts: Mapping[str, Any] = field(default_factory=dict)
     synthetic: bool = False
+    layout: str = "kermany"  # cards written before other layouts existed are Kermany
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> DatasetInfo:
@@ -75,11 +76,16 @@ class DatasetInfo:
         val = d.get("validation") or {}
         name = str(d.get("name", ""))
         return cls(name, str(d.get("root", "")), d.get("fingerprint"), float(val.get("fraction", 0.1)),
-                   int(val.get("seed", 0)), d.get("counts") or {}, bool(d.get("synthetic")) or name.startswith("synthetic"))
+                   int(val.get("seed", 0)), d.get("counts") or {}, bool(d.get("synthetic")) or name.startswith("synthetic"),
+                   str(d.get("layout", "kermany")))
 
-    def load(self, root: str | Path | None = None) -> Dataset:
-        """The dataset with the same patient-level validation split the model was trained with."""
-        return with_validation_split(read_dataset(root or self.root), self.val_fraction, self.val_seed)
+    def load(self, root: str | Path | None = None, task: str | None = None) -> Dataset:
+        """The dataset with the same patient-level validation split the model was trained with.
+
+        ``task``: the card's task, which names a manifest or folder dataset's task wherever it now lies.
+        """
+        ds = read_dataset(root or self.root, task=None if task in TASK_CLASSES else task)
+        return with_validation_split(ds, self.val_fraction, self.val_seed)
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,7 @@ class ClassifierCard(Card):
     calibration: Mapping[str, Any] = field(default_factory=dict)
     recipe: str | None = None
     has_index: bool = False
+    normal_class: str | None = None  # the healthy class; older Kermany cards: NORMAL / normal
 
     def metric(self, key: MetricKey | str) -> Mapping[str, Any] | None:
         return self.metrics.get(key if isinstance(key, MetricKey) else MetricKey.parse(key))  # type: ignore[arg-type]
@@ -165,5 +172,6 @@ def read_card(d: Mapping[str, Any]) -> ClassifierCard | DetectorCard:
             **common, num_outputs=int(d.get("num_outputs", 1)), embedding_dim=d.get("embedding_dim"), metrics=metrics,
             thresholds=dict(d.get("thresholds") or {}), calibration=dict(d.get("calibration") or {}),
             recipe=d.get("recipe"), has_index=bool(d.get("index")),
+            normal_class=d.get("normal_class", normal_class(common["classes"])),
         )
     return DetectorCard(**common, method=_detector_method(d), metrics=dict(d.get("metrics") or {}))

@@ -6,6 +6,7 @@ decoder limits) live here so that training, evaluation and the app agree.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,6 +16,30 @@ TASK_CLASSES: dict[str, tuple[str, ...]] = {
     "binary": ("NORMAL", "PNEUMONIA"),
     "multiclass": ("normal", "bacteria", "virus"),
 }
+
+#: What the pages call the Kermany tasks; any other task is named by its classes.
+TASK_TITLES: dict[str, str] = {"binary": "Normal vs pneumonia", "multiclass": "Normal / bacterial / viral"}
+
+
+def task_title(task: str, classes: Sequence[str] = ()) -> str:
+    """A reader's name for a task: the Kermany ones by meaning, others by their classes."""
+    return TASK_TITLES.get(task) or (" / ".join(classes) if classes else task)
+
+
+def ordered_tasks(tasks: Iterable[str]) -> list[str]:
+    """Tasks in display order: binary, multiclass, then the others by name."""
+    rank = {t: i for i, t in enumerate(TASK_CLASSES)}
+    return sorted(set(tasks), key=lambda t: (rank.get(t, len(rank)), t))
+
+
+def normal_class(classes: Sequence[str], wanted: str | None = None) -> str | None:
+    """The class healthy-only detectors learn: ``wanted`` (checked), else one named "normal" in any case, else None."""
+    if wanted is not None:
+        if wanted not in classes:
+            raise ValueError(f"normal class {wanted!r} is not one of the classes {list(classes)}")
+        return wanted
+    return next((c for c in classes if c.lower() == "normal"), None)
+
 
 #: Splits the Kaggle layout knows, in display order.
 SPLITS: tuple[str, ...] = ("train", "val", "test")

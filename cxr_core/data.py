@@ -1,9 +1,21 @@
-"""Reading datasets in the Kaggle ``chest-xray-pneumonia`` layout.
+"""Reading labelled chest X-ray datasets: the Kermany layout, any class folders, or a manifest.
 
-``ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/<name>.{jpeg,jpg,png,...}``. The subtype
-(normal | bacteria | virus) and the patient id come from the file name, as in the
-original Kermany release: ``personN_bacteria_M.jpeg``, ``personN_virus_M.jpeg``,
-``IM-XXXX-YYYY.jpeg`` and ``NORMAL2-IM-XXXX-YYYY.jpeg``.
+Three layouts, recognised in this order (:func:`read_dataset`):
+
+- **Kermany** (Kaggle ``chest-xray-pneumonia``): ``ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/*``.
+  The subtype (normal | bacteria | virus) and the patient id come from the file name
+  (``personN_bacteria_M.jpeg``, ``IM-XXXX-YYYY.jpeg``...). It offers two tasks: ``binary``
+  (NORMAL / PNEUMONIA) and ``multiclass`` (normal / bacteria / virus).
+- **Manifest**: ``ROOT/manifest.csv`` with columns ``path,label`` and optionally
+  ``patient_id`` and ``split``; paths are relative to ROOT.
+- **Class folders** (torchvision's ImageFolder): ``ROOT/[train|val|test/]CLASS/**/*``, any
+  class names; folders named ``mask``/``masks`` are skipped (the COVID-19 Radiography
+  Database keeps lung masks beside the images).
+
+Manifest and folder datasets offer one task, named after the dataset (or ``task=``), whose
+classes are the label names in sorted order. Patient ids come from the manifest, else from
+Kermany-style file names, else each image is its own patient. Files that are not images are
+skipped and listed in ``Dataset.skipped``.
 
 Splits the dataset lacks (Kaggle's ``val/`` has 16 images, kermany-224 has none)
 are made by patient from ``train/``, never by image, so that no patient's images
@@ -34,7 +46,7 @@ _NORMAL_RE = re.compile(r"^(?:NORMAL2-)?(IM-\d+)-\d+", re.IGNORECASE)
 
 
 class DatasetError(ValueError):
-    """A dataset folder that cannot be read as the Kaggle layout; the message says why."""
+    """A dataset folder that cannot be read; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -43,18 +55,21 @@ class Sample:
 
     path: str
     split: str
-    label: str  # NORMAL | PNEUMONIA
-    subtype: str  # normal | bacteria | virus
+    label: str  # Kermany: NORMAL | PNEUMONIA; other layouts: the class name
+    subtype: str  # Kermany: normal | bacteria | virus; other layouts: the class name
     patient_id: str
     source_split: str = ""  # the folder it came from, before any re-splitting
+    #: The class names of the dataset's own task (manifest and folder layouts; empty for Kermany).
+    classes: tuple[str, ...] = ()
 
     def target(self, task: str) -> int:
-        """Class index for ``task`` (see ``config.TASK_CLASSES``)."""
+        """Class index for ``task``: ``binary`` reads the Kermany label, every other task the subtype."""
         if task == "binary":
             return LABELS.index(self.label)
-        if task == "multiclass":
-            return TASK_CLASSES["multiclass"].index(self.subtype)
-        raise ValueError(f"unknown task {task!r}")
+        classes = TASK_CLASSES.get(task) or self.classes
+        if self.subtype not in classes:
+            raise ValueError(f"{self.path}: class {self.subtype!r} is not one of task {task!r}'s classes {list(classes)}")
+        return classes.index(self.subtype)
 
 
 def parse_name(filename: str, label: str) -> tuple[str, str]:
@@ -72,7 +87,8 @@ def parse_name(filename: str, label: str) -> tuple[str, str]:
     m = _PNEUMONIA_RE.match(stem)
     if not m:
         raise DatasetError(
-            f"cannot read the pneumonia subtype from {filename!r}: expected personN_bacteria_M or personN_virus_M"
+            f"cannot read the pneumonia subtype from {filename!r}: expected personN_bacteria_M or personN_virus_M "
+            "(a two-class set without subtypes: give its folders other class names, or list it in a manifest.csv)"
         )
     return m.group(2).lower(), m.group(1).lower()
 
@@ -84,6 +100,24 @@ class Dataset:
     root: Path
     samples: tuple[Sample, ...]
     name: str = ""
+    layout: str = "kermany"  # "kermany", "manifest" or "folders"
+    #: The task of a manifest or folder dataset (Kermany datasets offer ``TASK_CLASSES``).
+    task: str = ""
+    #: (path, reason) of every file found but not used.
+    skipped: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def tasks(self) -> dict[str, tuple[str, ...]]:
+        """Task name → class names, in the order of the model outputs."""
+        if self.layout == "kermany":
+            return dict(TASK_CLASSES)
+        return {self.task: self.samples[0].classes if self.samples else ()}
+
+    def classes(self, task: str) -> tuple[str, ...]:
+        """The class names of ``task``; a clear error naming the tasks this dataset offers."""
+        if task not in self.tasks:
+            raise DatasetError(f"{self.root} ({self.layout} layout) offers the task(s) {sorted(self.tasks)}, not {task!r}")
+        return self.tasks[task]
 
     def split(self, name: str) -> list[Sample]:
         return [s for s in self.samples if s.split == name]
@@ -122,11 +156,27 @@ def safe_join(root: str | os.PathLike, relative: str) -> Path:
     return target
 
 
-def read_dataset(root: str | os.PathLike, name: str | None = None) -> Dataset:
-    """Read a Kaggle-layout folder. Raises ``DatasetError`` with a clear message."""
+def read_dataset(root: str | os.PathLike, name: str | None = None, *, task: str | None = None,
+                 test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """Read a dataset in any of the three layouts (module docstring). Raises ``DatasetError`` saying why.
+
+    ``task``: the task name of a manifest or folder dataset (default: its folder name).
+    ``test_fraction``/``seed``: a dataset without a test split gets one, drawn by patient.
+    """
     root_p = Path(root)
     if not root_p.is_dir():
         raise DatasetError(f"dataset folder {root_p} does not exist")
+    name = name or root_p.name
+    if any((root_p / sp / lb).is_dir() for sp in SPLITS for lb in LABELS):
+        return _read_kermany(root_p, name)
+    if (root_p / "manifest.csv").is_file():
+        ds = _read_manifest_dataset(root_p, name, task or _slug(name))
+    else:
+        ds = _read_folders(root_p, name, task or _slug(name))
+    return _with_test_split(ds, test_fraction, seed)
+
+
+def _read_kermany(root_p: Path, name: str) -> Dataset:
     samples: list[Sample] = []
     for split in SPLITS:
         for label in LABELS:
@@ -143,7 +193,123 @@ def read_dataset(root: str | os.PathLike, name: str | None = None) -> Dataset:
         raise DatasetError(
             f"no images found in {root_p}: expected {{train,val,test}}/{{NORMAL,PNEUMONIA}}/*.jpeg (Kaggle layout)"
         )
-    return Dataset(root_p, tuple(samples), name or root_p.name)
+    return Dataset(root_p, tuple(samples), name)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "classes"
+
+
+def patient_of(filename: str) -> str:
+    """The patient a file belongs to when its name says so (Kermany-style names), else the file itself."""
+    stem = Path(filename).stem
+    m = _PNEUMONIA_RE.match(stem) or _NORMAL_RE.match(stem)
+    if m is None:
+        return stem
+    return m.group(1).lower() if m.re is _PNEUMONIA_RE else m.group(1).upper()
+
+
+def _probe(path: Path) -> str | None:
+    """Why ``path`` cannot be used as an image (None when its first bytes are an image format's)."""
+    from .imaging import sniff_format
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        return f"unreadable ({e.strerror or type(e).__name__})"
+    if not head:
+        return "empty file"
+    return None if sniff_format(head) else "not an image (unknown format)"
+
+
+def _is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def _class_files(folder: Path) -> list[Path]:
+    """Image files under a class folder, mask folders left out, in a stable order."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d.lower() not in ("mask", "masks"))
+        out += [Path(dirpath) / f for f in sorted(filenames) if _is_image_name(f)]
+    return out
+
+
+def _read_folders(root_p: Path, name: str, task: str) -> Dataset:
+    split_dirs = [sp for sp in SPLITS if (root_p / sp).is_dir()]
+    bases = [(root_p / sp, sp) for sp in split_dirs] or [(root_p, "")]
+    found: list[tuple[Path, str, str]] = []
+    for base, split in bases:
+        for cls in sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            found += [(p, split, cls) for p in _class_files(base / cls)]
+    classes = tuple(sorted({c for _, _, c in found}))
+    if not found:
+        raise DatasetError(
+            f"no images found in {root_p}: expected the Kermany layout {{train,val,test}}/{{NORMAL,PNEUMONIA}}/*.jpeg, "
+            "class folders ROOT/[train|val|test/]CLASS/*, or a manifest.csv with path,label columns"
+        )
+    if len(classes) < 2:
+        raise DatasetError(
+            f"{root_p} is not a labelled dataset: expected ROOT/[train|val|test/]CLASS/* image folders for at least "
+            f"two classes, or a manifest.csv with path,label columns (found classes {list(classes)})"
+        )
+    rows = [(p.relative_to(root_p).as_posix(), split, cls, patient_of(p.name)) for p, split, cls in found]
+    return _dataset_from_rows(root_p, name, task, classes, rows, "folders")
+
+
+def _read_manifest_dataset(root_p: Path, name: str, task: str) -> Dataset:
+    table = read_manifest(root_p / "manifest.csv")
+    cols = set(table[0]) if table else set()
+    if not {"path", "label"} <= cols:
+        raise DatasetError(f"{root_p / 'manifest.csv'} needs the columns path,label (optional: patient_id, split); "
+                           f"it has {sorted(cols)}")
+    bad = sorted({r.get("split", "") for r in table} - {"", *SPLITS})
+    if bad:
+        raise DatasetError(f"manifest.csv names unknown split(s) {bad}; use train, val, test or leave it empty")
+    classes = tuple(sorted({r["label"].strip() for r in table if r["label"].strip()}))
+    rows = [(r["path"].strip(), (r.get("split") or "").strip(), r["label"].strip(),
+             (r.get("patient_id") or "").strip() or patient_of(r["path"])) for r in table if r["label"].strip()]
+    return _dataset_from_rows(root_p, name, task, classes, rows, "manifest")
+
+
+def _dataset_from_rows(root_p: Path, name: str, task: str, classes: tuple[str, ...],
+                       rows: Sequence[tuple[str, str, str, str]], layout: str) -> Dataset:
+    """Samples from (relative path, split or "", class, patient id) rows; files that are not images are skipped."""
+    samples, skipped = [], []
+    for rel, split, cls, pid in rows:
+        try:
+            why = _probe(safe_join(root_p, rel))
+        except DatasetError as e:
+            why = str(e)
+        if why:
+            skipped.append((rel, why))
+            continue
+        samples.append(Sample(rel, split or "train", cls, cls, pid, source_split=split, classes=classes))
+    if not samples:
+        raise DatasetError(f"no usable images in {root_p} ({len(skipped)} files skipped)")
+    return Dataset(root_p, tuple(samples), name, layout, task, tuple(skipped))
+
+
+def _with_test_split(ds: Dataset, fraction: float, seed: int) -> Dataset:
+    """A test split drawn by patient when the dataset has none (train/val/test folders or a split column)."""
+    if ds.split("test") or fraction <= 0:
+        return ds
+    resplit = {s.path: s for s in patient_split(ds.split("train"), fraction, seed, new_split="test")}
+    return replace(ds, samples=tuple(resplit.get(s.path, s) for s in ds.samples))
+
+
+def check_class_counts(ds: Dataset, splits: Sequence[str] = ("train", "val", "test")) -> None:
+    """Raise ``DatasetError`` naming every class that has no image in one of ``splits``."""
+    if ds.layout == "kermany":
+        return
+    classes = ds.tasks[ds.task]
+    have = ds.counts()
+    empty = [f"{c!r} has {have.get(sp, {}).get(c, 0)} images in {sp}" for sp in splits for c in classes
+             if have.get(sp, {}).get(c, 0) == 0]
+    if empty:
+        raise DatasetError("too few images for a split: " + "; ".join(empty) + ". Add images of that class or "
+                           "give it fewer splits (e.g. a smaller --val-fraction still needs one image per class).")
 
 
 def _unit_hash(key: str, seed: int) -> float:
@@ -186,11 +352,13 @@ def with_validation_split(
     train = dataset.split("train")
     val = dataset.split("val")
     if val and len(val) >= min_val_fraction * max(len(train), 1):
+        check_class_counts(dataset, [sp for sp in SPLITS if dataset.split(sp)])
         return dataset
     pool = [replace(s, split="train") if s.split == "val" else s for s in dataset.samples if s.split in ("train", "val")]
     resplit = {s.path: s for s in patient_split(pool, fraction, seed)}
-    samples = tuple(resplit.get(s.path, s) for s in dataset.samples)
-    return replace(dataset, samples=samples)
+    out = replace(dataset, samples=tuple(resplit.get(s.path, s) for s in dataset.samples))
+    check_class_counts(out, [sp for sp in SPLITS if sp != "test" or out.split("test")])
+    return out
 
 
 def check_patient_leakage(samples: Iterable[Sample], splits: Sequence[str] = SPLITS) -> dict[str, set[str]]:

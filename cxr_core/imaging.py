@@ -892,3 +892,12 @@ def _window_notice(ds: Any) -> str:
         return f"DICOM window applied (centre {float(c):g}, width {float(w):g})."
     except Exception:
         return "DICOM window applied."
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The image container a file's first bytes announce (PNG, JPEG, DICOM...), None for anything else.
+
+    A cheap check for dataset readers: a file that is not an image at all is skipped and listed
+    without decoding every file twice.
+    """
+    return _sniff(head) or ("DICOM" if _looks_like_bare_dicom(head) else None)

@@ -42,17 +42,23 @@ class ModelInfo:
     std: tuple[float, ...]
 
 
-def num_outputs_for(task: str) -> int:
-    """Logits a task's head has: one for binary (sigmoid = P(PNEUMONIA)), one per class otherwise."""
-    if task not in TASK_CLASSES:
-        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_CLASSES)}")
-    return 1 if task == "binary" else len(TASK_CLASSES[task])
+def num_outputs_for(task: str, n_classes: int | None = None) -> int:
+    """Logits a task's head has: one for binary (sigmoid = P(PNEUMONIA)), one per class otherwise.
+
+    Tasks other than the Kermany ones (``config.TASK_CLASSES``) come from a dataset and need
+    ``n_classes``.
+    """
+    if task == "binary":
+        return 1
+    n = n_classes if n_classes is not None else len(TASK_CLASSES.get(task, ()))
+    if n < 2:
+        raise ValueError(f"unknown task {task!r}: pass its number of classes (Kermany tasks: {sorted(TASK_CLASSES)})")
+    return n
 
 
-def logits_to_probs(logits: torch.Tensor, task: str) -> torch.Tensor:
-    """Class probabilities (B, n_classes) in ``TASK_CLASSES[task]`` order."""
+def logits_to_probs(logits: torch.Tensor, task: str, n_classes: int | None = None) -> torch.Tensor:
+    """Class probabilities (B, n_classes) in the task's class order (binary: sigmoid of one logit)."""
     logits = logits.float()
-    n = num_outputs_for(task)
     if task == "binary":
         if logits.ndim == 2 and logits.shape[1] == 1:
             logits = logits[:, 0]
@@ -60,8 +66,9 @@ def logits_to_probs(logits: torch.Tensor, task: str) -> torch.Tensor:
             raise ValueError(f"binary task expects logits of shape (B,) or (B, 1), got {tuple(logits.shape)}")
         p = torch.sigmoid(logits)
         return torch.stack([1.0 - p, p], dim=1)
-    if logits.ndim != 2 or logits.shape[1] != n:
-        raise ValueError(f"{task} task expects logits of shape (B, {n}), got {tuple(logits.shape)}")
+    n = n_classes or len(TASK_CLASSES.get(task, ())) or None
+    if logits.ndim != 2 or (n is not None and logits.shape[1] != n) or logits.shape[1] < 2:
+        raise ValueError(f"{task} task expects logits of shape (B, {n or 'n_classes'}), got {tuple(logits.shape)}")
     return torch.softmax(logits, dim=1)
 
 

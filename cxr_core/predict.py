@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .config import ordered_tasks
 from .inference import LoadedClassifier, infer, load_classifier
 from .metrics import predicted_class
 from .preprocess import prepare
-from .registry import EntryStatus, list_entries, select
+from .registry import EntryStatus, list_entries, select, usable
 
 
 @dataclass
@@ -112,14 +113,15 @@ class Predictor:
         self._kept_layers = {task: _cam_layers(clf) for task, clf in classifiers.items()}
         #: Leading stages every classifier shares (see :func:`shared_trunk_depth`); 0 when none.
         self.trunk_depth = (
-            shared_trunk_depth(classifiers[tasks[0]], classifiers[tasks[1]]) if len(tasks) == 2 else 0
+            min(shared_trunk_depth(classifiers[tasks[0]], classifiers[t]) for t in tasks[1:]) if len(tasks) > 1 else 0
         )
 
     @classmethod
     def from_registry(cls, root: str | None = None, statuses: list[EntryStatus] | None = None) -> Predictor:
         statuses = statuses if statuses is not None else list_entries(root)
         loaded: dict[str, LoadedClassifier] = {}
-        for task in ("binary", "multiclass"):
+        # One classifier per task (the marked default, else the newest): binary, multiclass, then any other.
+        for task in ordered_tasks(str(s.card.get("task")) for s in usable(statuses, "classifier")):
             entry = select(statuses, "classifier", task)
             if entry is not None:
                 loaded[task] = load_classifier(entry)
@@ -130,7 +132,8 @@ class Predictor:
         return list(self.classifiers)
 
     def embedding_model(self) -> LoadedClassifier | None:
-        return self.classifiers.get("binary") or self.classifiers.get("multiclass")
+        """The classifier whose embeddings find the reference cases: the first task in display order."""
+        return next(iter(self.classifiers.values()), None)
 
     def _shared_pass(
         self, gray: np.ndarray

@@ -68,7 +68,7 @@ def _cap(samples: list[Sample], cap: int | None, seed: int) -> list[Sample]:
 
 def reference_samples(entry: Entry, data: str | Path, max_per_split: int | None = None, seed: int = 0) -> tuple[Dataset, list[Sample]]:
     """Every sample of ``data`` with the split the entry's training used (val redrawn by patient the same way)."""
-    ds = DatasetInfo.from_dict(entry.card.get("dataset")).load(data)
+    ds = DatasetInfo.from_dict(entry.card.get("dataset")).load(data, entry.task)
     samples: list[Sample] = []
     for split in ("train", "val", "test"):
         samples += _cap(ds.split(split), max_per_split, seed)

@@ -45,7 +45,7 @@ from .calibration import (
     reliability,
 )
 from .cards import MetricKey
-from .config import TASK_CLASSES, AugmentConfig, InputSpec
+from .config import AugmentConfig, InputSpec, normal_class
 from .data import Dataset, check_patient_leakage, load_images, read_dataset, with_validation_split
 from .inference import infer, pick_device
 from .lung_focus import lung_focus_of_model
@@ -141,6 +141,8 @@ class TrainConfig:
     #: Binary: the threshold the card puts in use ("threshold"): "default" (0.5), "youden_val" or
     #: "sens95_val" (the highest threshold keeping validation sensitivity >= 0.95). All are stored.
     operating_point: str = "default"
+    #: The class healthy-only detectors treat as healthy (None: a class named "normal", if any).
+    normal_class: str | None = None
     #: Official-test films on which HiResCAM's peak / mass inside the lung box is measured (0 = skip).
     lung_focus_films: int = 80
 
@@ -161,8 +163,8 @@ class TrainConfig:
         """Raise ``ValueError`` for a combination that cannot run, before any work is done."""
         from .preprocess import TTA_VIEWS
 
-        if self.task not in TASK_CLASSES:
-            raise ValueError(f"task must be one of {list(TASK_CLASSES)}")
+        if not self.task:
+            raise ValueError("task must be named (binary or multiclass for the Kermany layout, the dataset's task otherwise)")
         if self.balance not in BALANCE_CHOICES:
             raise ValueError(f"balance must be one of {BALANCE_CHOICES}")
         if self.optimizer not in OPTIMIZERS:
@@ -461,6 +463,8 @@ class _Run:
     caches: dict[str, torch.Tensor] = field(default_factory=dict)  # prepared uint8 images per split
     targets: dict[str, np.ndarray] = field(default_factory=dict)
     feats: dict[str, torch.Tensor] = field(default_factory=dict)  # frozen-trunk features per split
+    classes: tuple[str, ...] = ()
+    normal_class: str | None = None
     from_cache: list[str] = field(default_factory=list)
     trainable: nn.Module | None = None  # the tail on cached features, or the whole model
     times: dict[str, float] = field(default_factory=dict)
@@ -504,6 +508,10 @@ def _load_data(run: _Run, progress: Progress | None) -> None:
     """Patient-level splits, the model, and every split decoded once into a uint8 cache on the device."""
     cfg = run.cfg
     run.dataset = with_validation_split(read_dataset(cfg.data), cfg.val_fraction, cfg.seed)
+    if cfg.task == "auto":  # binary for the Kermany layout, the dataset's own task otherwise
+        run.cfg = cfg = replace(cfg, task="binary" if run.dataset.layout == "kermany" else run.dataset.task)
+    run.classes = run.dataset.classes(cfg.task)
+    run.normal_class = normal_class(run.classes, cfg.normal_class)
     leaks = check_patient_leakage(run.dataset.samples, ("train", "val"))
     if leaks:
         raise ValueError(f"{len(leaks)} patients occur in more than one split, e.g. {next(iter(leaks))}")
@@ -511,7 +519,7 @@ def _load_data(run: _Run, progress: Progress | None) -> None:
     for s in ("train", "val"):
         if not run.splits[s]:
             raise ValueError(f"the dataset has no {s} images")
-    run.model, run.info = create_model(cfg.architecture, num_outputs_for(cfg.task), pretrained=cfg.pretrained)
+    run.model, run.info = create_model(cfg.architecture, num_outputs_for(cfg.task, len(run.classes)), pretrained=cfg.pretrained)
     run.spec = spec = cfg.spec(run.info.mean, run.info.std)
     for s, samples in run.splits.items():
         if samples:
@@ -614,7 +622,7 @@ def _train_epoch(run: _Run, step: Callable[[torch.Tensor, torch.Tensor], float],
 
 def _validate_epoch(run: _Run, record: dict[str, Any], log: Callable[[str], None]) -> tuple[float, float]:
     """Validation figures into ``record``; the epoch's selection key."""
-    cfg, classes = run.cfg, TASK_CLASSES[run.cfg.task]
+    cfg, classes = run.cfg, run.classes
     run.trainable.eval()
     probs = run.probs("val")
     vm = task_metrics(cfg.task, run.targets["val"], probs, classes)
@@ -637,7 +645,7 @@ def _fit(run: _Run, progress: Progress | None, log: Callable[[str], None]) -> _F
     y, rng = run.targets["train"], np.random.default_rng(cfg.seed)
     opt, sched = _optimizer(cfg, params, len(shard_batches(epoch_indices(y, cfg.balance, np.random.default_rng(0)),
                                                               cfg.batch_size, run.world, run.rank)))
-    weights = class_weights(y, len(TASK_CLASSES[cfg.task])).to(dev) if cfg.balance == "class-weights" else None
+    weights = class_weights(y, len(run.classes)).to(dev) if cfg.balance == "class-weights" else None
     y_t, gen = torch.from_numpy(y).to(dev), torch.Generator(device=dev).manual_seed(cfg.seed + run.rank)
 
     def step(x: torch.Tensor, idx: torch.Tensor) -> float:
@@ -693,7 +701,7 @@ class _Evaluation:
 
 def _evaluate(run: _Run) -> _Evaluation:
     """Metrics plain and with TTA; temperatures and binary operating points chosen on validation only."""
-    cfg, classes, y = run.cfg, TASK_CLASSES[run.cfg.task], run.targets
+    cfg, classes, y = run.cfg, run.classes, run.targets
     tta_levels = sorted({1, cfg.tta})
     ev = _Evaluation(probs={(s, t): run.probs(s, t) for s in ("val", "test") if s in run.caches for t in tta_levels})
     ev.temperatures = {t: fit_temperature(probs_to_logits(ev.probs[("val", t)], cfg.task), y["val"], cfg.task) for t in tta_levels}
@@ -758,13 +766,14 @@ def _card(run: _Run, fit: _Fit, ev: _Evaluation) -> dict[str, Any]:
     cfg, info, ds = run.cfg, run.info, run.dataset
     binary = cfg.task == "binary"
     return {
-        "kind": "classifier", "task": cfg.task, "classes": list(TASK_CLASSES[cfg.task]), "architecture": cfg.architecture,
+        "kind": "classifier", "task": cfg.task, "classes": list(run.classes), "normal_class": run.normal_class, "architecture": cfg.architecture,
         "num_outputs": info.num_outputs, "pretrained": info.pretrained, "pretrained_source": info.pretrained_source,
         "embedding_dim": info.embedding_dim, "input": run.spec.to_dict(),
         "dataset": {
             "name": ds.name, "root": str(ds.root.resolve()), "counts": ds.counts(),
             "used": {s: len(v) for s, v in run.splits.items()}, "fingerprint": ds.fingerprint(),
             "validation": {"fraction": cfg.val_fraction, "seed": cfg.seed, "by": "patient"},
+            "layout": ds.layout, "skipped": len(ds.skipped),
         },
         "training": _training_card(run, fit),
         "metrics": ev.metrics, "curves": ev.curves, "thresholds": ev.thresholds,

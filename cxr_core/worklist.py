@@ -284,7 +284,9 @@ class WorklistProcessor:
             return
         t1 = time.perf_counter()
         for row, pred in zip(rows, preds, strict=True):
-            b, m = pred.results.get("binary"), pred.results.get("multiclass")
+            # The class column shows the 3-class model, or the registry's other multi-class model (any labels).
+            b = pred.results.get("binary")
+            m = pred.results.get("multiclass") or next((r for t, r in pred.results.items() if t != "binary"), None)
             if b is not None:
                 row.p_pneumonia = float(b.probs[1])
                 row.binary_label = b.label

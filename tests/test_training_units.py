@@ -114,7 +114,7 @@ ALL_FLAGS = (
     "--balance oversample --label-smoothing 0.1 --patience 2 --selection log_loss --val-fraction 0.2 --seed 5 --tta 3 --size 96 --clahe "
     "--crop-fraction 0.9 --rotate 3 --shift 0.02 --zoom 0.05 --contrast 0.2 --brightness 0.05 --device cpu "
     "--max-per-split 40 --entry-id my-entry --notes hello --freeze-stages 2 --train-views 3 --feature-cache FC --threads 1 "
-    "--operating-point sens95_val --lung-focus-films 10"
+    "--operating-point sens95_val --lung-focus-films 10 --normal-class normal"
 )
 
 
@@ -131,7 +131,8 @@ def test_cli_parses_every_documented_flag():
     assert (a.rotate_deg, a.shift, a.zoom, a.contrast, a.brightness, a.enabled) == (3, 0.02, 0.05, 0.2, 0.05, True)
     assert (cfg.device, cfg.max_per_split, cfg.entry_id, cfg.notes) == ("cpu", 40, "my-entry", "hello")
     assert (cfg.train_views, cfg.feature_cache, cfg.threads, cfg.selection) == (3, "FC", 1, "log_loss")
-    assert (cfg.operating_point, cfg.lung_focus_films, cfg.recipe) == ("sens95_val", 10, None)
+    assert (cfg.operating_point, cfg.lung_focus_films, cfg.recipe, cfg.normal_class) == ("sens95_val", 10, None, "normal")
+    assert parse_args(["--data", "D"]).task == "auto"  # binary for the Kermany layout, the dataset's task otherwise
     assert parse_args(["--data", "D", "--no-augment"]).augment.enabled is False
     assert parse_args(["--data", "D", "--freeze-stages", "6"]).freeze_stages == 6
     # every flag of the parser is exercised above

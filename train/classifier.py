@@ -45,10 +45,15 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     d = TrainConfig.from_recipe(recipe, data="") if recipe else TrainConfig(data="")
     p = argparse.ArgumentParser(prog="python -m train.classifier", description=__doc__, epilog=recipes_help(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="dataset root in the Kaggle chest-xray-pneumonia layout")
+    p.add_argument("--data", required=True,
+                   help="dataset root: the Kermany layout, class folders ROOT/[train|val|test/]CLASS/*, or a manifest.csv")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=recipe,
                    help="start from a named preset (listed below); flags given as well override it")
-    p.add_argument("--task", choices=["binary", "multiclass"], default=d.task)
+    p.add_argument("--task", default="auto",
+                   help="Kermany layout: binary or multiclass (auto = binary); other layouts: their one task, named after "
+                        "the dataset folder (auto picks it)")
+    p.add_argument("--normal-class", default=d.normal_class,
+                   help="the healthy class (default: a class named normal in any case); anomaly detection learns it")
     p.add_argument("--out", default=None, help="registry root (default $CXR_REGISTRY or ./registry)")
     p.add_argument("--arch", dest="architecture", choices=ARCHITECTURES, default=d.architecture)
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random initialisation")

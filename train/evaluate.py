@@ -109,7 +109,7 @@ def evaluate_entry(
     root = data or ds_card.get("root")
     if not root:
         raise DatasetError("the card names no dataset root: pass --data")
-    dataset = DatasetInfo.from_dict(ds_card).load(root)
+    dataset = DatasetInfo.from_dict(ds_card).load(root, card.get("task"))
     warnings: list[str] = []
     fp = dataset.fingerprint()
     matches = fp == ds_card.get("fingerprint")

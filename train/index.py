@@ -2,8 +2,8 @@
 
     python -m train.index ENTRY --data ../shared/data/kermany-224 [--out registry]
 
-ENTRY is an entry id, an entry folder, or ``binary`` / ``multiclass`` (the entry the
-app uses for that task). Every image of every split is embedded with the entry's
+ENTRY is an entry id, an entry folder, or a task name such as ``binary`` / ``multiclass``
+(the entry the app uses for that task). Every image of every split is embedded with the entry's
 own weights and preprocessing (nothing is retrained), and these files are added to
 the entry folder:
 
@@ -45,12 +45,13 @@ def resolve_entry(spec: str, root: str | Path | None = None) -> Entry:
     p = Path(spec)
     if (p / "card.json").is_file():
         return verify_entry(p).entry()
-    if spec in ("binary", "multiclass"):
-        entry = select(list_entries(root), "classifier", spec)
-        if entry is None:
-            raise RegistryError(f"no usable {spec} classifier in {registry_root(root)}")
-        return entry
-    return load_entry(root, spec)
+    statuses = list_entries(root)
+    if any(s.id == spec for s in statuses):
+        return load_entry(root, spec)
+    entry = select(statuses, "classifier", spec)  # a task name: the classifier the app uses for it
+    if entry is None:
+        raise RegistryError(f"no entry and no usable classifier for the task {spec!r} in {registry_root(root)}")
+    return entry
 
 
 def demo_step(root: Path, data: Path, classifiers: list[Entry], progress: Progress | None, log: Callable[[str], None]) -> list[Entry]:
@@ -65,7 +66,7 @@ def demo_step(root: Path, data: Path, classifiers: list[Entry], progress: Progre
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, IndexConfig]:
     d = IndexConfig()
     p = argparse.ArgumentParser(prog="python -m train.index", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("entry", help="entry id, entry folder, or binary|multiclass (the entry the app uses)")
+    p.add_argument("entry", help="entry id, entry folder, or a task name such as binary|multiclass (the entry the app uses)")
     p.add_argument("--data", required=True, help="dataset root in the Kaggle chest-xray-pneumonia layout")
     p.add_argument("--out", default=None, help="registry root (default $CXR_REGISTRY or ./registry)")
     p.add_argument("--k", type=int, default=None, help="neighbours for the KNN vote (default 7 binary, 5 three-class)")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_core.cards import MetricKey
+from cxr_core.config import ordered_tasks
 from cxr_core.registry import EntryStatus, list_entries, registry_root, usable
 from cxr_core.training import RECIPES, TrainConfig
 
@@ -385,7 +386,7 @@ def build_markdown(roots: list[Path], levers: Path | None = None) -> str:
         if not classifiers:
             out += ["No usable classifier entries.", ""]
         # Oldest first: the document reads as the sequence of runs.
-        for task in ("binary", "multiclass"):
+        for task in ordered_tasks(str(c.card.get("task")) for c in classifiers):
             for s in sorted((c for c in classifiers if c.card.get("task") == task), key=lambda c: c.card.get("created_at", "")):
                 out += entry_section(root, s)
         for s in broken:

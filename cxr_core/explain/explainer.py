@@ -131,8 +131,8 @@ class Explainer:
         device: str | torch.device = "cpu",
         copy_model: bool = True,
     ) -> None:
-        if task not in TASK_CLASSES:
-            raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_CLASSES)}")
+        if classes is None and task not in TASK_CLASSES:
+            raise ValueError(f"task {task!r} is not a Kermany task ({sorted(TASK_CLASSES)}): pass its classes")
         net = _private_model(model, device, copy_model)
         layer = _target_layer(net, architecture, method, target_layer)
         self.model = net
@@ -227,7 +227,7 @@ class Explainer:
         size = (self.spec.size, self.spec.size)
         # As BaseCAM: ReLU, min-max and resize per layer, then ReLU, mean over layers, min-max.
         maps = scale_cam_image(np.maximum(scale_cam_image(np.maximum(signed, 0), size), 0))
-        probs = logits_to_probs(outputs.detach().float().cpu(), self.task).numpy()
+        probs = logits_to_probs(outputs.detach().float().cpu(), self.task, len(self.classes)).numpy()
         idx = chosen.category if isinstance(chosen, PredictedClassTarget) else self.class_index(target)  # type: ignore[arg-type]
         assert idx is not None
         return self._explanation(gray, maps[0], signed[0], method, int(idx), probs[0], time.perf_counter() - t0)
@@ -280,7 +280,7 @@ class Explainer:
                 # Not `with cam:` — BaseCAM.__exit__ swallows IndexError, which would hide bugs.
                 cam.activations_and_grads.release()
                 restart.remove()
-        probs = logits_to_probs(logits, self.task).numpy()
+        probs = logits_to_probs(logits, self.task, len(self.classes)).numpy()
         seconds = (time.perf_counter() - t0) / len(images)
         out: list[Explanation] = []
         for i, gray in enumerate(images):

@@ -6,7 +6,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..data import DatasetError, load_images, read_dataset, with_validation_split
+from ..cards import DatasetInfo
+from ..data import DatasetError, load_images
 from ..inference import infer
 from ..predict import decide
 from ..preprocess import prepare
@@ -32,12 +33,10 @@ def card_dataset(card: dict[str, Any]) -> Any:
 
     Raises ``data.DatasetError`` (with a clear message) when the folder is missing.
     """
-    ds = card.get("dataset") or {}
-    root = ds.get("root")
-    if not root:
+    info = DatasetInfo.from_dict(card.get("dataset"))
+    if not info.root:
         raise DatasetError("the model card does not record its dataset folder")
-    val = ds.get("validation") or {}
-    return with_validation_split(read_dataset(root), float(val.get("fraction", 0.1)), int(val.get("seed", 0)))
+    return info.load(task=card.get("task"))
 
 
 def predict_split(
