@@ -8,7 +8,7 @@ import numpy as np
 import streamlit as st
 
 from cxr_core.registry import RegistryError, save_settings
-from pages.ui.anomaly_views import heatmap
+from pages.ui.anomaly_views import FAMILIES, best_by_validation, detector_family, heatmap, map_overlay
 from pages.ui.loaders import anomaly_detector, anomaly_detector_entries, anomaly_scores
 from pages.ui.threshold_panel import panel_data, threshold_panel
 from pages.ui.widgets import demo_banner
@@ -31,12 +31,25 @@ if not detectors:
     st.stop()
 
 by_id = {e.id: e for e in detectors}
+best = best_by_validation({i: e.card for i, e in by_id.items()})
+# Best on validation first (and so the default): the test split never chooses.
+order = sorted(by_id, key=lambda i: (i != best, -(by_id[i].card.get("metrics", {}).get("val", {}).get("auroc") or 0.0)))
+
+
+def _label(i: str) -> str:
+    c = by_id[i].card
+    auroc = c.get("metrics", {}).get("val", {}).get("auroc")
+    val = "" if auroc is None else f" · val AUROC {auroc:.3f}"
+    return f"{c.get('name', i)} · {detector_family(c)}{val}{' · best on validation' if i == best else ''} · {i}"
+
+
 c1, c2 = st.columns([3, 1])
-entry_id = c1.selectbox(
-    "Detector", list(by_id), format_func=lambda i: f"{by_id[i].card.get('name', i)} · {i}", key="anomaly_entry"
-)
+entry_id = c1.selectbox("Detector", order, format_func=_label, key="anomaly_entry",
+                        help="Every healthy-only detector in the registry; the default is the best by validation AUROC.")
 entry = by_id[entry_id]
 card = entry.card
+family = detector_family(card)
+st.caption(f"**{family.capitalize()}**: {FAMILIES[family]}.")
 try:
     scores = anomaly_scores(entry_id)
 except (RegistryError, OSError, KeyError, ValueError) as e:
@@ -105,6 +118,10 @@ def _example(root: str, rel: str, entry_id: str, signature: tuple) -> dict:
     from cxr_core.imaging import read_gray
 
     gray = read_gray(safe_join(root, rel))
+    if "feature_recon" in by_id[entry_id].card:  # the film with its anomaly map
+        out = anomaly_detector(entry_id).score(gray)
+        return {"input": out.input_u8, "recon": None, "map": out.error_map,
+                "overlay": map_overlay(out.input_u8, out.error_map, vmax=by_id[entry_id].card.get("map_scale"))}
     if by_id[entry_id].kind != "autoencoder":  # only the input to show: no need to run the backbone
         from cxr_core.config import InputSpec
         from cxr_core.preprocess import prepare
@@ -144,7 +161,11 @@ def _examples(threshold: float) -> None:
             except Exception as e:  # a moved dataset must not break the page
                 col.caption(f"{caption} — image unavailable ({type(e).__name__}: {e})")
                 continue
-            if ex["map"] is None:
+            if ex.get("overlay") is not None:
+                col.image([ex["input"], ex["overlay"]], width=EXAMPLE_PX // 2, caption=["input", "anomaly map"],
+                          clamp=True)
+                col.caption(caption)
+            elif ex["map"] is None:
                 col.image(ex["input"], caption=caption, width=EXAMPLE_PX, clamp=True)
             else:
                 col.image([ex["input"], np.clip(ex["recon"], 0, 1), heatmap(ex["map"])], width=EXAMPLE_PX // 2,

@@ -100,12 +100,59 @@ def roc_figure(fpr: np.ndarray, tpr: np.ndarray, point: tuple[float, float] | No
     return _figure(data, layout)
 
 
-def heatmap(a: np.ndarray) -> np.ndarray:
-    """A [0, 1] error map as an RGB uint8 image (inferno-like ramp), normalised to its own 99th percentile."""
+def heatmap(a: np.ndarray, vmax: float | None = None) -> np.ndarray:
+    """An error map as an RGB uint8 image (inferno-like ramp), normalised to ``vmax`` (default: its own 99th percentile)."""
     a = np.asarray(a, dtype=np.float32)
-    hi = float(np.percentile(a, 99)) or 1.0
+    hi = float(vmax) if vmax else (float(np.percentile(a, 99)) or 1.0)
     t = np.clip(a / hi, 0, 1)
     r = np.clip(1.6 * t, 0, 1)
     g = np.clip(1.6 * t - 0.6, 0, 1)
     b = np.clip(0.6 - 1.2 * np.abs(t - 0.35), 0, 1) + np.clip(2.5 * t - 2.0, 0, 1) * 0.8
     return (np.stack([r, g, np.clip(b, 0, 1)], -1) * 255).astype(np.uint8)
+
+
+#: The three kinds of healthy-only detector, one line each (the threshold page says which one it shows).
+FAMILIES: dict[str, str] = {
+    "pixel reconstruction": "an autoencoder redraws the film's pixels; the score is how badly it does",
+    "feature reconstruction": "a network trained on healthy films redraws frozen ImageNet feature maps from a "
+                              "masked or squeezed copy; the score is how badly it does over the lung field, "
+                              "and the error per position is a map",
+    "feature distance": "distance of pooled ImageNet features to the healthy training films (no reconstruction, "
+                        "no map)",
+}
+
+
+def detector_family(card: dict[str, Any]) -> str:
+    """Which of :data:`FAMILIES` a detector card describes."""
+    if card.get("family") in FAMILIES:
+        return str(card["family"])
+    if card.get("kind") == "autoencoder":
+        return "pixel reconstruction"
+    if "feature_recon" in card:
+        return "feature reconstruction"
+    return "feature distance"
+
+
+def best_by_validation(cards: dict[str, dict[str, Any]]) -> str | None:
+    """The id whose card has the highest validation AUROC (None when no card has one)."""
+    scored = {k: c.get("metrics", {}).get("val", {}).get("auroc") for k, c in cards.items()}
+    scored = {k: v for k, v in scored.items() if v is not None and np.isfinite(v)}
+    return max(scored, key=lambda k: scored[k]) if scored else None
+
+
+def map_overlay(gray_u8: np.ndarray, error_map: np.ndarray, alpha: float = 0.5, vmax: float | None = None) -> np.ndarray:
+    """An error map (same size as the image, or any size: it is resized) over the grey film, RGB uint8.
+
+    ``vmax``: the error drawn at full colour; a detector card's ``map_scale`` (a high quantile of the
+    per-position error on healthy validation films) makes maps of different films comparable.
+    """
+    g = np.asarray(gray_u8, dtype=np.float32)
+    e = np.asarray(error_map, dtype=np.float32)
+    if e.shape != g.shape:
+        from PIL import Image
+
+        e = np.asarray(Image.fromarray(e).resize((g.shape[1], g.shape[0]), Image.BILINEAR))
+    heat = heatmap(e, vmax).astype(np.float32)
+    base = np.repeat(g[..., None], 3, -1)
+    return np.clip((1 - alpha) * base + alpha * heat, 0, 255).astype(np.uint8)
+

@@ -13,11 +13,40 @@ import streamlit as st
 
 from cxr_core.imaging import DecodedImage
 
-from .anomaly_views import heatmap, histogram_figure
+from .anomaly_views import detector_family, heatmap, histogram_figure, map_overlay
 from .loaders import anomaly_detector, anomaly_detector_entries
 
 
-def render_detector(entry: Any, decoded: DecodedImage) -> None:
+def default_cam(decoded: DecodedImage, prediction: Any) -> tuple[Any, str] | None:
+    """The Predict page's default class activation map (first model, predicted class, default method and layer).
+
+    Computed through the CAM section's per-session cache with the same key, so the section below reuses it.
+    """
+    import hashlib
+
+    from cxr_core.explain import DEFAULT_METHOD, METHOD_LABELS, overlay
+
+    from .loaders import explainer
+    from .predict_gradcam import _cached_cam
+
+    results = getattr(prediction, "results", None) or {}
+    tasks = [t for t in ("binary", "multiclass") if t in results]
+    if not tasks:
+        return None
+    res = results[tasks[0]]
+    digest = hashlib.sha1(decoded.array.tobytes()).hexdigest() + f"-{decoded.array.shape}"
+    ex = explainer(res.entry_id, None, DEFAULT_METHOD)
+    feats = prediction.feature_maps.get(tasks[0], {}).get(ex.kept_layer) if ex.kept_layer else None
+    exp = _cached_cam(
+        (digest, res.entry_id, DEFAULT_METHOD, res.label, None),
+        lambda: ex.explain_features(decoded.array, feats, method=DEFAULT_METHOD, target=res.label)
+        if feats is not None
+        else ex.explain(decoded.array, method=DEFAULT_METHOD, target=res.label),
+    )
+    return overlay(decoded.array, exp.cam, 0.4), f"{METHOD_LABELS[DEFAULT_METHOD]} for {res.label} (class activation map)"
+
+
+def render_detector(entry: Any, decoded: DecodedImage, prediction: Any = None, *, with_cam: bool = False) -> None:
     det = anomaly_detector(entry.id)
     out = det.score(decoded.array)
     card = entry.card
@@ -36,6 +65,21 @@ def render_detector(entry: Any, decoded: DecodedImage) -> None:
         if hist is not None:
             st.plotly_chart(histogram_figure(hist, threshold, marker=out.score, height=220), width="stretch",
                             key=f"pred_anomaly_hist::{entry.id}")
+    if out.error_map is not None and out.reconstruction is None:
+        # Feature reconstruction: where the healthy-only network failed to redraw the film's features,
+        # drawn on the film as uploaded (the detector's input is the film squashed to a square).
+        scale = card.get("map_scale")
+        shown = map_overlay(decoded.array, out.error_map, vmax=scale)
+        caption = ("anomaly map · full colour = the 99th percentile of healthy validation films' error"
+                   if scale else "anomaly map (own scale)")
+        a, b = st.columns(2)
+        a.image(shown, width="stretch", caption=caption)
+        if with_cam:
+            cam = default_cam(decoded, prediction)
+            if cam is None:
+                b.caption("No class activation map: no classifier result for this image.")
+            else:
+                b.image(cam[0], width="stretch", caption=cam[1])
     if out.error_map is not None and out.reconstruction is not None:
         a, b, c = st.columns(3)
         a.image(out.input_u8, caption="autoencoder input", width="stretch", clamp=True)
@@ -62,8 +106,15 @@ def render(decoded: DecodedImage, prediction: Any) -> None:
         st.caption("Not scored here, worse than chance on validation: " + "; ".join(
             f"{e.card.get('name', e.id)} (AUROC {e.card['metrics']['val']['auroc']:.3f})" for e in inverted)
             + ". The Anomaly threshold page shows why.")
+    # Best on validation first: its map is the one drawn beside the class activation map.
+    useful.sort(key=lambda e: -(e.card.get("metrics", {}).get("val", {}).get("auroc") or 0.0))
+    cam_shown = False
     for entry in useful:
         try:
-            render_detector(entry, decoded)
+            st.caption(f"**{entry.card.get('name', entry.id)}** · {detector_family(entry.card)}")
+            # The best feature reconstruction detector's map goes beside the class activation map.
+            with_cam = not cam_shown and "feature_recon" in entry.card
+            cam_shown |= with_cam
+            render_detector(entry, decoded, prediction, with_cam=with_cam)
         except Exception as e:  # one broken detector must not hide the others
             st.error(f"Detector `{entry.id}` could not score this image: {type(e).__name__}: {e}")
