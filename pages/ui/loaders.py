@@ -13,7 +13,7 @@ import streamlit as st
 from cxr_core.compact import has_thumbs
 from cxr_core.overlay import settings_path
 from cxr_core.predict import Predictor
-from cxr_core.registry import EntryStatus, is_release, list_entries, serving_root
+from cxr_core.registry import EntryStatus, is_release, list_entries, serving_root, usable
 from cxr_core.runtime import limit_blas_threads
 
 # Once per server process (this module is imported once): see cxr_core.runtime for the measurement.
@@ -238,8 +238,8 @@ def dataset_image_sizes(root: str, fingerprint: str | None = None) -> dict:
 
 @registry_loader(show_spinner="Loading the embedding index…", max_entries=4)
 def reference_set(root: str, signature: tuple, entry_id: str):
-    """The entry's embedding index (``cxr_core.neighbors.ReferenceSet``, thumbnails memory-mapped), or None."""
-    from cxr_core.neighbors import ReferenceSet
+    """The entry's embedding index (``cxr_core.reference.ReferenceSet``, thumbnails memory-mapped), or None."""
+    from cxr_core.reference import ReferenceSet
 
     status = next((s for s in entries.cached(root, signature) if s.id == entry_id), None)
     if status is None or not status.ok:
@@ -251,7 +251,6 @@ def reference_set(root: str, signature: tuple, entry_id: str):
 def indexed_classifiers() -> list[EntryStatus]:
     """Usable classifier entries that carry an embedding index, newest first."""
     return [
-        s for s in entries()
-        if s.ok and s.card and s.card.get("kind") == "classifier"
-        and "index.npz" in s.card.get("files", {}) and has_thumbs(s.card.get("files", {}))
+        s for s in usable(entries(), "classifier")
+        if "index.npz" in s.card.get("files", {}) and has_thumbs(s.card.get("files", {}))
     ]
