@@ -5,20 +5,17 @@ from __future__ import annotations
 import streamlit as st
 
 from cxr_core.registry import is_release
+from pages.ui.frame import page_frame
 from pages.ui.loaders import entries, is_synthetic, registry_path
-from pages.ui.widgets import demo_banner
 
-st.set_page_config(page_title="CXR Lens", page_icon="🫁", layout="wide")
-
-st.title("CXR Lens")
-st.markdown(
-    "An open-source dashboard for **pediatric chest X-rays**: upload a study and see the predicted class "
+page_frame(
+    "CXR Lens",
+    intro="An open-source dashboard for **pediatric chest X-rays**: upload a study and see the predicted class "
     "(normal / bacterial / viral pneumonia) with calibrated probabilities, the Grad-CAM evidence, the most "
     "similar reference cases and an anomaly score. Researchers explore the embedding space and tune the "
     "anomaly threshold.\n\n"
-    "_Research software, not a medical device: every output needs a clinician's judgement._"
+    "_Research software, not a medical device: every output needs a clinician's judgement._",
 )
-demo_banner()
 
 root = registry_path()
 statuses = entries()

@@ -6,14 +6,11 @@ import streamlit as st
 
 from cxr_core.config import DecodeLimits
 from cxr_core.imaging import ImageDecodeError, decode_image
+from pages.ui.frame import page_frame
 from pages.ui.predict_study import render_study
-from pages.ui.widgets import demo_banner, md_filename, require_classifier
+from pages.ui.widgets import md_filename
 
-st.set_page_config(page_title="Predict · CXR Lens", page_icon="🫁", layout="wide")
-st.title("Predict")
-demo_banner()
-if not require_classifier():
-    st.stop()
+page_frame("Predict", needs_classifier=True)
 
 # No `type=` filter: DICOM exports often have no extension, and the decoder tells the format from
 # the content anyway, with a specific message for anything it cannot use.

@@ -15,8 +15,8 @@ from pages.ui.embedding_views import (
     show_neighbors,
     show_votes,
 )
+from pages.ui.frame import page_frame
 from pages.ui.loaders import indexed_classifiers, reference_set
-from pages.ui.widgets import demo_banner, require_classifier
 
 PAGE_SIZE = 48
 MAP_KEY = "explorer_map"
@@ -27,11 +27,7 @@ COLOUR_NOTES = {
                             "confusions and mislabeled images.",
 }
 
-st.set_page_config(page_title="Embedding explorer · CXR Lens", page_icon="🫁", layout="wide")
-st.title("Embedding explorer")
-demo_banner()
-if not require_classifier():
-    st.stop()
+page_frame("Embedding explorer", needs_classifier=True)
 
 indexed = indexed_classifiers()
 if not indexed:

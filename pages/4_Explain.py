@@ -10,19 +10,20 @@ from cxr_core.explain.methods import METHOD_LABELS, METHODS
 from cxr_core.explain.overlay import COLORMAPS, overlay
 from cxr_core.models import gradcam_layer_choices
 from cxr_core.registry import select
+from pages.ui.frame import page_frame
 from pages.ui.loaders import entries, gallery_cam, split_predictions
-from pages.ui.widgets import LAYER_HELP, METHOD_HELP, demo_banner, require_classifier
+from pages.ui.widgets import LAYER_HELP, METHOD_HELP
 
 PER_PAGE = 12
 COLUMNS = 4
 _TASK_TITLES = {"binary": "Normal vs pneumonia", "multiclass": "Normal / bacterial / viral"}
 
-st.set_page_config(page_title="Explain · CXR Lens", page_icon="🫁", layout="wide")
-st.title("Explain")
-st.caption("Where each classifier looks: class activation maps (HiResCAM by default, Grad-CAM, Grad-CAM++) on held-out images of the dataset it was trained on.")
-demo_banner()
-if not require_classifier():
-    st.stop()
+page_frame(
+    "Explain",
+    caption="Where each classifier looks: class activation maps (HiResCAM by default, Grad-CAM, Grad-CAM++) on "
+    "held-out images of the dataset it was trained on.",
+    needs_classifier=True,
+)
 
 statuses = entries()
 usable = [s for s in statuses if s.ok and s.card and s.card.get("kind") == "classifier"]

@@ -11,12 +11,10 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+from pages.ui.frame import page_frame
 from pages.ui.loaders import dataset_image_sizes, entries, is_synthetic, registry_path
-from pages.ui.widgets import demo_banner
 
-st.set_page_config(page_title="Models & data · CXR Lens", page_icon="🫁", layout="wide")
-st.title("Models & data")
-demo_banner()
+page_frame("Models & data")
 
 statuses = entries()
 # The classifiers the app predicts with come first (binary, then 3-class), then detectors.

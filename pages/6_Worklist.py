@@ -10,15 +10,12 @@ import streamlit as st
 from cxr_core.config import DecodeLimits
 from cxr_core.imaging import ImageDecodeError, decode_image
 from cxr_core.worklist import COLUMNS, WorklistProcessor, expand_uploads, filter_rows, rows_to_csv, sort_rows
+from pages.ui.frame import page_frame
 from pages.ui.loaders import anomaly_detector, anomaly_detector_entries, ood_guard, predictor
 from pages.ui.predict_study import render_study
-from pages.ui.widgets import demo_banner, md_filename, require_classifier
+from pages.ui.widgets import md_filename
 
-st.set_page_config(page_title="Worklist · CXR Lens", page_icon="🫁", layout="wide")
-st.title("Worklist")
-demo_banner()
-if not require_classifier():
-    st.stop()
+page_frame("Worklist", needs_classifier=True)
 
 #: Studies per batch through the networks (see docs/BENCHMARKS.md, "Worklist throughput").
 BATCH = 16
