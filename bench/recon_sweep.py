@@ -68,41 +68,62 @@ def select(maps: np.ndarray, layers: tuple[str, ...]) -> np.ndarray:
 
 
 def evaluate(cfg: ReconConfig, data: dict[str, Any], poolings: list[tuple[str, float]]) -> list[dict[str, Any]]:
+    """Train once; score val and test under every pooling, with and without the per-position error norm."""
     t0 = time.perf_counter()
     tr = select(data["train_normal"][0], cfg.layers)
-    det, hist = train_recon(cfg, tr, log=lambda m: print(m, flush=True))
+    det, hist = train_recon(dataclasses.replace(cfg, error_norm=False), tr, log=lambda m: print(m, flush=True))
     t_train = time.perf_counter() - t0
-    maps, t_score = {}, {}
+    raw, t_score = {}, {}
     for s in ("val", "test"):
         t1 = time.perf_counter()
-        maps[s] = det.error_maps(select(data[s][0], cfg.layers))
-        t_score[s] = (time.perf_counter() - t1) / len(maps[s])
+        raw[s] = det.error_maps(select(data[s][0], cfg.layers), normalise=False)
+        t_score[s] = (time.perf_counter() - t1) / len(raw[s])
+    train_mean = det.error_maps(tr, normalise=False).mean(0).clip(1e-6)
     rows = []
-    for pooling, frac in poolings:
-        c = dataclasses.replace(cfg, pooling=pooling, top_fraction=frac)
-        det.cfg = c
-        sc = {s: det.score_maps(maps[s]) for s in maps}
-        y = {s: data[s][1] for s in maps}
-        th = suggest_thresholds(y["val"], sc["val"])
-        m = {s: score_metrics(y[s], sc[s]) for s in sc}
-        at = ThresholdTable(y["test"], sc["test"]).metrics(th["threshold"])
-        rows.append({
-            "config": c.to_dict(),
-            "val_auroc": m["val"]["auroc"], "val_aupr": m["val"]["aupr"],
-            "test_auroc": m["test"]["auroc"], "test_aupr": m["test"]["aupr"],
-            "test_sensitivity": at["sensitivity"], "test_specificity": at["specificity"],
-            "threshold": th["threshold"], "final_loss": hist[-1]["loss"],
-            "seconds_train": t_train, "ms_per_image_recon": 1000 * t_score["test"],
-            "threads": torch.get_num_threads(),
-        })
-    det.cfg = cfg
+    for norm in (False, True):
+        maps = {s: raw[s] / train_mean if norm else raw[s] for s in raw}
+        for pooling, frac in poolings:
+            c = dataclasses.replace(cfg, pooling=pooling, top_fraction=frac, error_norm=norm)
+            det.cfg = c
+            sc = {s: det.score_maps(maps[s]) for s in maps}
+            y = {s: data[s][1] for s in maps}
+            th = suggest_thresholds(y["val"], sc["val"])
+            m = {s: score_metrics(y[s], sc[s]) for s in sc}
+            at = ThresholdTable(y["test"], sc["test"]).metrics(th["threshold"])
+            rows.append({
+                "config": c.to_dict(),
+                "val_auroc": m["val"]["auroc"], "val_aupr": m["val"]["aupr"],
+                "test_auroc": m["test"]["auroc"], "test_aupr": m["test"]["aupr"],
+                "test_sensitivity": at["sensitivity"], "test_specificity": at["specificity"],
+                "threshold": th["threshold"], "final_loss": hist[-1]["loss"],
+                "seconds_train": t_train, "ms_per_image_recon": 1000 * t_score["test"],
+                "threads": torch.get_num_threads(),
+            })
     return rows
+
+
+def table(path: str) -> str:
+    """Every recorded configuration as a markdown table (val and test side by side), in run order."""
+    lines = ["| # | network | px | blocks | hidden | patch | epochs | pooling | val AUROC | test AUROC | test AUPR "
+             "| test sens / spec at val Youden | train s | recon ms/img | command |",
+             "|---:|---|---:|---|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---|"]
+    for i, line in enumerate(open(path), 1):
+        r = json.loads(line)
+        c = r["config"]
+        pool = ("mean" if c["pooling"] == "mean" else f"top {c['top_fraction']:.0%}") + (
+            " ÷ healthy error" if c.get("error_norm") else "")
+        lines.append(
+            f"| {i} | {c['kind']} | {c['size']} | {','.join(c['layers'])} | {c['hidden']} | "
+            f"{c['patch'] if c['kind'] == 'inpaint' else '—'} | {c['epochs']} | {pool} | {r['val_auroc']:.3f} | "
+            f"{r['test_auroc']:.3f} | {r['test_aupr']:.3f} | {r['test_sensitivity']:.3f} / {r['test_specificity']:.3f} | "
+            f"{r['seconds_train']:.0f} | {r['ms_per_image_recon']:.1f} | `{r['command']}` |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.recon_sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", default="../shared/data/kermany-224")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--kind", default="inpaint")
     p.add_argument("--layers", default="2,3,4")
@@ -119,7 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="registry-research/feature_recon.jsonl")
     p.add_argument("--tag", default="")
     p.add_argument("--cache-only", action="store_true")
+    p.add_argument("--table", action="store_true", help="print the recorded configurations as markdown and stop")
     ns = p.parse_args(argv)
+    if ns.table:
+        print(table(ns.out))
+        return 0
     torch.set_num_threads(ns.threads)
     data = cached_maps(ns.data, ns.size, Path(ns.cache))
     if ns.cache_only:
@@ -136,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             f.write(json.dumps(r) + "\n")
             c = r["config"]
             print(f"{c['kind']:8} {c['size']} L{''.join(c['layers'])} {c['pooling']}{c['top_fraction'] if c['pooling'] == 'top' else ''}"
+                  f"{' norm' if c['error_norm'] else ''}"
                   f" val AUROC {r['val_auroc']:.3f} AUPR {r['val_aupr']:.3f} train {r['seconds_train']:.0f}s"
                   " (test figures are in the jsonl: read them after the configuration is fixed on validation)")
     return 0

@@ -70,6 +70,9 @@ class ReconConfig:
     region: tuple[float, float, float, float] = (0.1, 0.9, 0.12, 0.88)
     pooling: str = "mean"
     top_fraction: float = 0.1
+    #: Divide each position's error by its mean over the healthy training films before pooling (positions
+    #: near the film's edges and the heart are hard to redraw even when healthy; this evens them out).
+    error_norm: bool = False
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -269,10 +272,17 @@ def pool_maps(cfg: ReconConfig, maps: torch.Tensor) -> torch.Tensor:
 class FeatureReconDetector:
     """A trained reconstruction network with the healthy feature statistics it standardises with."""
 
-    def __init__(self, cfg: ReconConfig, net: nn.Module, mean: torch.Tensor, std: torch.Tensor):
+    def __init__(self, cfg: ReconConfig, net: nn.Module, mean: torch.Tensor, std: torch.Tensor,
+                 error_mean: torch.Tensor | None = None):
         cfg.validate()
         self.cfg, self.net = cfg, net.eval()
         self.mean, self.std = mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
+        #: (G, G) mean error of the healthy training films per position (``error_norm``).
+        self.error_mean = None if error_mean is None else error_mean.float()
+
+    def fit_error_norm(self, train_maps: np.ndarray) -> None:
+        """Per-position mean error over the healthy training films (used when ``cfg.error_norm``)."""
+        self.error_mean = torch.as_tensor(self.error_maps(train_maps, normalise=False)).mean(0).clamp_min(1e-6)
 
     def standardise(self, maps: np.ndarray | torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(np.asarray(maps, dtype=np.float32)) if isinstance(maps, np.ndarray) else maps.float()
@@ -289,10 +299,16 @@ class FeatureReconDetector:
         return err
 
     @torch.inference_mode()
-    def error_maps(self, maps: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """(N, G, G) per-position error for raw feature maps (N, C, G, G) from :func:`extract_maps`."""
+    def error_maps(self, maps: np.ndarray, batch_size: int = 64, *, normalise: bool = True) -> np.ndarray:
+        """(N, G, G) per-position error for raw feature maps (N, C, G, G) from :func:`extract_maps`;
+        divided by the healthy per-position mean when ``cfg.error_norm`` (and ``normalise``)."""
         out = [self._reconstruct_error(self.standardise(maps[i : i + batch_size])) for i in range(0, len(maps), batch_size)]
-        return torch.cat(out).numpy() if out else np.zeros((0, 0, 0), np.float32)
+        err = torch.cat(out) if out else torch.zeros(0, 0, 0)
+        if normalise and self.cfg.error_norm:
+            if self.error_mean is None:
+                raise ValueError("error_norm is set but the healthy per-position error was never fitted")
+            err = err / self.error_mean
+        return err.numpy()
 
     def score_maps(self, error_maps: np.ndarray) -> np.ndarray:
         """(N,) float64 scores from error maps."""
@@ -302,13 +318,15 @@ class FeatureReconDetector:
         sd = {f"net.{k}": v.detach().clone().contiguous() for k, v in self.net.state_dict().items()}
         sd["stats.mean"] = self.mean.flatten().clone()
         sd["stats.std"] = self.std.flatten().clone()
+        if self.error_mean is not None:
+            sd["stats.error_mean"] = self.error_mean.clone().contiguous()
         return sd
 
     @classmethod
     def from_tensors(cls, cfg: ReconConfig, tensors: dict[str, torch.Tensor]) -> FeatureReconDetector:
         net = build_network(cfg)
         net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, strict=True)
-        return cls(cfg, net, tensors["stats.mean"], tensors["stats.std"])
+        return cls(cfg, net, tensors["stats.mean"], tensors["stats.std"], tensors.get("stats.error_mean"))
 
 
 def train_recon(
@@ -360,13 +378,15 @@ def train_recon(
         net.eval()
         row = {"epoch": ep + 1, "loss": total / max(n, 1), "seconds": time.perf_counter() - t0}
         if val_maps is not None and len(val_maps):
-            row["val_normal_score"] = float(det.score_maps(det.error_maps(val_maps)).mean())
+            row["val_normal_score"] = float(det.score_maps(det.error_maps(val_maps, normalise=False)).mean())
         history.append(row)
         if log:
             log(f"  epoch {ep + 1}/{cfg.epochs} loss {row['loss']:.4f}" +
                 (f" val-normal score {row['val_normal_score']:.4f}" if "val_normal_score" in row else ""))
         if progress:
             progress(ep + 1, cfg.epochs)
+    if cfg.error_norm:
+        det.fit_error_norm(train_maps)
     return det, history
 
 

@@ -122,3 +122,19 @@ def test_upsample_map_keeps_the_peak():
     mask = np.zeros((224, 224), bool)
     mask[64:96, 160:192] = True
     assert peak_in_mask(e, mask) and not peak_in_mask(e, ~mask)
+
+
+def test_error_norm_divides_by_the_healthy_mean_and_travels_with_the_weights():
+    torch.set_num_threads(1)
+    cfg = ReconConfig(kind="inpaint", size=128, layers=("2", "3"), hidden=16, epochs=1, error_norm=True,
+                      region=(0.0, 1.0, 0.0, 1.0))
+    train = _fields(32)
+    det, _ = train_recon(cfg, train)
+    assert det.error_mean is not None and det.error_mean.shape == (8, 8)
+    raw = det.error_maps(train, normalise=False)
+    np.testing.assert_allclose(det.error_maps(train), raw / det.error_mean.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(det.error_maps(train).mean(0), np.ones((8, 8)), rtol=1e-4)
+    again = FeatureReconDetector.from_tensors(cfg, det.tensors())
+    np.testing.assert_allclose(again.error_maps(train[:3]), det.error_maps(train[:3]), rtol=1e-5)
+    with pytest.raises(ValueError):
+        FeatureReconDetector(cfg, det.net, det.mean.flatten(), det.std.flatten()).error_maps(train[:1])
