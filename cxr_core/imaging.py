@@ -701,14 +701,50 @@ def _decode_dicom(raw: bytes, *, forced: bool, limits: DecodeLimits) -> DecodedI
 
 
 def _decode_dicom_inner(raw: bytes, *, forced: bool, limits: DecodeLimits) -> DecodedImage:
+    ds = _read_dicom(raw, forced)
+    _require_pixel_data(ds, forced)
+    rows = int(ds.get("Rows", 0) or 0)
+    cols = int(ds.get("Columns", 0) or 0)
+    if rows <= 0 or cols <= 0:
+        raise ImageDecodeError("corrupt", "The DICOM header does not say how large the image is.")
+    _check_header_size(cols, rows, limits)
+    tsyntax, ts_name = _dicom_transfer_syntax(ds)
+
+    notices: list[str] = []
+    n_frames = _dicom_frame_count(ds)
+    if n_frames > 1:
+        notices.append(f"Multi-frame DICOM: showing frame 1 of {n_frames}.")
+    arr = _dicom_first_frame(ds, tsyntax, ts_name)
+    bits_stored = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 0) or arr.dtype.itemsize * 8)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        arr = apply_color_lut(arr, ds)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        gray = _dicom_colour_to_gray(arr, notices)
+        return _finish(gray, "DICOM", (rows, cols), bits_stored, [n for n in notices if n], limits)
+    if arr.ndim != 2:
+        raise ImageDecodeError("unsupported", "This DICOM pixel layout is not supported.")
+    gray = _dicom_display(arr, ds, notices)
+    if photometric == "MONOCHROME1":
+        # MONOCHROME1 stores bone dark; radiologists and the model expect bone bright.
+        gray = 255 - gray
+        notices.append("MONOCHROME1 image inverted so that bone is bright.")
+    return _finish(gray, "DICOM", (rows, cols), bits_stored, notices, limits)
+
+
+# pydicom is imported inside the DICOM helpers: most uploads are not DICOM, and the import is slow.
+
+
+def _read_dicom(raw: bytes, forced: bool) -> Any:
+    """Parse the file (``forced``: the name said DICOM but the preamble is missing)."""
     import pydicom
-    from pydicom.dataset import FileMetaDataset
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder, pixel_array
-    from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(raw), force=forced)
+        return pydicom.dcmread(io.BytesIO(raw), force=forced)
     except (InvalidDicomError, EOFError, struct.error, OverflowError) as exc:
         if forced:
             raise ImageDecodeError(
@@ -716,28 +752,30 @@ def _decode_dicom_inner(raw: bytes, *, forced: bool, limits: DecodeLimits) -> De
             ) from exc
         raise ImageDecodeError("corrupt", "The DICOM file is damaged or incomplete.") from exc
 
-    has_pixels = any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
-    if not has_pixels:
-        if not any(
-            k in ds for k in ("SOPClassUID", "Modality", "Rows", "StudyInstanceUID", "SeriesInstanceUID")
-        ):
-            # Nothing DICOM-like was parsed: garbage, not a DICOM object without an image.
-            if forced:
-                raise ImageDecodeError(
-                    "not_an_image", "This file is named like DICOM but is not a readable DICOM file."
-                )
-            raise ImageDecodeError("corrupt", "The DICOM file is damaged: its header could not be read.")
-        raise ImageDecodeError(
-            "no_pixel_data",
-            "This DICOM file contains no image (no pixel data): it may be a report, "
-            "a structured document or a series index rather than an X-ray.",
-        )
 
-    rows = int(ds.get("Rows", 0) or 0)
-    cols = int(ds.get("Columns", 0) or 0)
-    if rows <= 0 or cols <= 0:
-        raise ImageDecodeError("corrupt", "The DICOM header does not say how large the image is.")
-    _check_header_size(cols, rows, limits)
+def _require_pixel_data(ds: Any, forced: bool) -> None:
+    """Raise unless ``ds`` carries an image, telling garbage apart from a DICOM object without one."""
+    if any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        return
+    if not any(k in ds for k in ("SOPClassUID", "Modality", "Rows", "StudyInstanceUID", "SeriesInstanceUID")):
+        # Nothing DICOM-like was parsed: garbage, not a DICOM object without an image.
+        if forced:
+            raise ImageDecodeError(
+                "not_an_image", "This file is named like DICOM but is not a readable DICOM file."
+            )
+        raise ImageDecodeError("corrupt", "The DICOM file is damaged: its header could not be read.")
+    raise ImageDecodeError(
+        "no_pixel_data",
+        "This DICOM file contains no image (no pixel data): it may be a report, "
+        "a structured document or a series index rather than an X-ray.",
+    )
+
+
+def _dicom_transfer_syntax(ds: Any) -> tuple[Any, str]:
+    """(transfer syntax UID, its name) of ``ds``, once a decoder for it is known to be installed."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     # pydicom needs a transfer syntax to pick a decoder; bare files only tell us how
     # they were encoded.
@@ -763,11 +801,12 @@ def _decode_dicom_inner(raw: bytes, *, forced: bool, limits: DecodeLimits) -> De
             "unsupported",
             f"DICOM images encoded with {ts_name} need a decoder plugin that is not installed.",
         )
+    return tsyntax, ts_name
 
-    notices: list[str] = []
-    n_frames = _dicom_frame_count(ds)
-    if n_frames > 1:
-        notices.append(f"Multi-frame DICOM: showing frame 1 of {n_frames}.")
+
+def _dicom_first_frame(ds: Any, tsyntax: Any, ts_name: str) -> np.ndarray:
+    """The stored values of frame 1 (decompressed when the transfer syntax is compressed)."""
+    from pydicom.pixels import pixel_array
 
     try:
         arr = pixel_array(ds, index=0)
@@ -777,23 +816,23 @@ def _decode_dicom_inner(raw: bytes, *, forced: bool, limits: DecodeLimits) -> De
                 "corrupt", f"The DICOM image data ({ts_name}) could not be decompressed."
             ) from exc
         raise
-    arr = np.asarray(arr)
-    bits_stored = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 0) or arr.dtype.itemsize * 8)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    return np.asarray(arr)
 
-    if photometric == "PALETTE COLOR":
-        arr = apply_color_lut(arr, ds)
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        luma = _rgb_to_gray(arr[..., :3])
-        if arr.dtype == np.uint8:
-            gray = np.rint(np.clip(luma, 0, 255)).astype(np.uint8)
-        else:
-            gray, notice = _auto_window(luma)
-            notices.append(notice)
-        notices.append("Colour DICOM converted to grayscale.")
-        return _finish(gray, "DICOM", (rows, cols), bits_stored, [n for n in notices if n], limits)
-    if arr.ndim != 2:
-        raise ImageDecodeError("unsupported", "This DICOM pixel layout is not supported.")
+
+def _dicom_colour_to_gray(arr: np.ndarray, notices: list[str]) -> np.ndarray:
+    luma = _rgb_to_gray(arr[..., :3])
+    if arr.dtype == np.uint8:
+        gray = np.rint(np.clip(luma, 0, 255)).astype(np.uint8)
+    else:
+        gray, notice = _auto_window(luma)
+        notices.append(notice)
+    notices.append("Colour DICOM converted to grayscale.")
+    return gray
+
+
+def _dicom_display(arr: np.ndarray, ds: Any, notices: list[str]) -> np.ndarray:
+    """Stored values → 8-bit display: the Modality LUT, then the file's VOI or a default window."""
+    from pydicom.pixels import apply_modality_lut
 
     if arr.dtype.kind in "ui" and arr.dtype.itemsize <= 2:
         # Stored values of at most 16 bits: run the Modality and VOI LUTs once over every
@@ -805,19 +844,13 @@ def _decode_dicom_inner(raw: bytes, *, forced: bool, limits: DecodeLimits) -> De
         mapped = apply_modality_lut(probe, ds)
         lut = _dicom_voi(np.asarray(mapped), ds, notices)
         if lut is not None:
-            gray = lut[arr.view(utype)]
-        else:
-            gray = _dicom_default_window(np.asarray(mapped)[arr.view(utype)], ds, notices)
-    else:
-        values = np.asarray(apply_modality_lut(arr, ds))
-        gray = _dicom_voi(values, ds, notices)
-        if gray is None:
-            gray = _dicom_default_window(values, ds, notices)
-    if photometric == "MONOCHROME1":
-        # MONOCHROME1 stores bone dark; radiologists and the model expect bone bright.
-        gray = 255 - gray
-        notices.append("MONOCHROME1 image inverted so that bone is bright.")
-    return _finish(gray, "DICOM", (rows, cols), bits_stored, notices, limits)
+            return lut[arr.view(utype)]
+        return _dicom_default_window(np.asarray(mapped)[arr.view(utype)], ds, notices)
+    values = np.asarray(apply_modality_lut(arr, ds))
+    gray = _dicom_voi(values, ds, notices)
+    if gray is None:
+        gray = _dicom_default_window(values, ds, notices)
+    return gray
 
 
 def _dicom_frame_count(ds: Any) -> int:
