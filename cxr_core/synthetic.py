@@ -488,15 +488,24 @@ def make_phantom(subtype: str, seed: int, size: int = 256, *, view: int = 0) -> 
         raise ValueError(f"size must be at least 32, got {size}")
     if seed < 0 or view < 0:
         raise ValueError("seed and view must be non-negative")
+    # One generator per concern, so that e.g. a new view redraws the acquisition only.
     an = _sample_anatomy(np.random.default_rng([seed, 0]))
     vw = _sample_view(np.random.default_rng([seed, 1, view]))
     tex_rng = np.random.default_rng([seed, 2])
     lesion_rng = np.random.default_rng([seed, 3, SUBTYPES.index(subtype)])
     noise_rng = np.random.default_rng([seed, 4, view])
     fr = _Frame(size, vw.angle, vw.scale, vw.du, vw.dv)
-    u, v = fr.u, fr.v
-    px = size / 256.0
 
+    healthy, lungs, vessels = _healthy_chest(fr, an, tex_rng)
+    lung_region = _largest_component(lungs[0] > 0.0) | _largest_component(lungs[1] > 0.0)
+    atten, lesion = _add_finding(subtype, healthy, fr, an, lesion_rng, lungs, vessels, lung_region)
+    image = _acquire(healthy, atten if subtype != "normal" else None, vw, noise_rng, size)
+    return Phantom(image=image, lesion_mask=lesion, subtype=subtype, lung_mask=lung_region)
+
+
+def _body(fr: _Frame, an: _Anatomy) -> tuple[np.ndarray, np.ndarray]:
+    """(attenuation, body thickness profile) of the soft tissue: trunk, neck and arms."""
+    u, v = fr.u, fr.v
     # Body: a soft-tissue cylinder, neck above the shoulders, arms beside the chest.
     # Widest at the shoulders; the neck only shows when the view is shifted down.
     width = an.body_w + 0.05 * _smoothstep((-0.5 - v) / 0.35)
@@ -508,7 +517,15 @@ def make_phantom(subtype: str, seed: int, size: int = 256, *, view: int = 0) -> 
         arm_c = an.body_w + 0.13
         arm = np.clip(1.0 - ((np.abs(u) - arm_c) / 0.10) ** 2, 0, 1) * _smoothstep((v + 0.65) / 0.2)
         atten += 0.6 * np.sqrt(arm)
+    return atten, body
 
+
+def _healthy_chest(
+    fr: _Frame, an: _Anatomy, tex_rng: np.random.Generator
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """(attenuation, [right, left] lung fields, vessel map) of the patient without a finding."""
+    u, v = fr.u, fr.v
+    atten, body = _body(fr, an)
     heart_f = _heart_field(fr, an)
     lungs = [_lung_field(fr, an, -1, heart_f), _lung_field(fr, an, 1, heart_f)]
     lung_any = np.maximum(lungs[0], lungs[1])
@@ -534,11 +551,23 @@ def make_phantom(subtype: str, seed: int, size: int = 256, *, view: int = 0) -> 
     for h_u, h_v, _ in hila:
         vessels += 0.9 * np.exp(-(((u - h_u) / 0.05) ** 2) - ((v - h_v) / 0.09) ** 2)
     atten += 0.09 * vessels * lung_soft
-    atten += 0.015 * _smooth_noise(tex_rng, 40, size) * lung_soft
+    atten += 0.015 * _smooth_noise(tex_rng, 40, fr.size) * lung_soft
+    return atten, lungs, vessels
 
-    atten_healthy = atten.copy()
-    lesion = np.zeros((size, size), dtype=bool)
-    lung_region = _largest_component(lungs[0] > 0.0) | _largest_component(lungs[1] > 0.0)
+
+def _add_finding(
+    subtype: str,
+    healthy: np.ndarray,
+    fr: _Frame,
+    an: _Anatomy,
+    lesion_rng: np.random.Generator,
+    lungs: list[np.ndarray],
+    vessels: np.ndarray,
+    lung_region: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(attenuation with the finding, lesion mask); a normal phantom's is the healthy one, no lesion."""
+    atten = healthy.copy()
+    lesion = np.zeros(healthy.shape, dtype=bool)
     if subtype == "bacteria":
         dens, bronch = _consolidation(fr, lesion_rng, lungs)
         atten += an.lung_depth * lesion_rng.uniform(0.70, 0.90) * dens * (1.0 - 0.5 * bronch)
@@ -548,40 +577,55 @@ def make_phantom(subtype: str, seed: int, size: int = 256, *, view: int = 0) -> 
         amp = an.lung_depth * lesion_rng.uniform(0.36, 0.48)
         atten += haze * amp * (0.7 + 0.5 * ret) + 0.04 * haze * vessels
         lesion = (haze > 0.4) & lung_region
+    return atten, lesion
 
-    # Detector: exposure curve, window, gamma, blur, noise, marker. The window and the gamma belong
-    # to the acquisition, not to the finding: they are fitted on the patient without the lesion (a
-    # mean drawn from one distribution for every class) and applied unchanged to the image with it,
-    # so outside the lesion a pneumonia phantom is its normal twin pixel for pixel. Fitted on the
-    # image with the lesion (generator version 1), they darkened the healthy lung of a consolidation
-    # by ~3 grey levels and shifted lung/body contrast: a whole-image class cue the classifiers
-    # learned, their class activation maps lighting up the healthy lung.
+
+def _acquire(
+    healthy: np.ndarray, finding: np.ndarray | None, vw: _View, noise_rng: np.random.Generator, size: int
+) -> np.ndarray:
+    """The detector: exposure curve, window, gamma, blur, noise, marker; uint8 image.
+
+    ``finding`` is the attenuation with the lesion (None for a normal phantom). The window and
+    the gamma belong to the acquisition, not to the finding: they are fitted on the patient
+    without the lesion (a mean drawn from one distribution for every class) and applied
+    unchanged to the image with it, so outside the lesion a pneumonia phantom is its normal twin
+    pixel for pixel. Fitted on the image with the lesion (generator version 1), they darkened
+    the healthy lung of a consolidation by ~3 grey levels and shifted lung/body contrast: a
+    whole-image class cue the classifiers learned, their class activation maps lighting up the
+    healthy lung.
+    """
+    px = size / 256.0
+
     def expose(a: np.ndarray) -> np.ndarray:
         return 1.0 - np.exp(-vw.k_exposure * np.clip(a, 0.0, None))
 
-    healthy = expose(atten_healthy)
+    exposed_healthy = expose(healthy)
     # Window like a display station: the densest bone near white, air near black.
     step = max(1, size // 128)
-    lo, hi = np.percentile(healthy[::step, ::step], [0.5, 99.7])
+    lo, hi = np.percentile(exposed_healthy[::step, ::step], [0.5, 99.7])
 
     def window(img: np.ndarray) -> np.ndarray:
         img = np.clip((img - lo) / max(hi - lo, 1e-6), 0.0, 1.0) * vw.white
         return (vw.floor + (1.0 - vw.floor) * img).astype(np.float32)
 
-    gamma = _gamma_for_mean(window(healthy), vw.target_mean)
-    img = window(expose(atten) if subtype != "normal" else healthy) ** np.float32(gamma)
+    gamma = _gamma_for_mean(window(exposed_healthy), vw.target_mean)
+    img = window(expose(finding) if finding is not None else exposed_healthy) ** np.float32(gamma)
     img = ndimage.gaussian_filter(img, vw.blur * px, truncate=3.0)
     noise = noise_rng.standard_normal((size, size)).astype(np.float32)
     img = img + vw.noise * 1.6 * ndimage.gaussian_filter(noise, 0.5 * px, truncate=3.0)
     if vw.marker:
-        cell = max(1, int(round(2 * px)))
-        glyph = np.kron(_R_GLYPH, np.ones((cell, cell), np.float32))
-        r0 = int(0.04 * size) if vw.marker == 1 else int(0.22 * size)
-        c0 = int(0.04 * size)
-        patch = img[r0 : r0 + glyph.shape[0], c0 : c0 + glyph.shape[1]]
-        np.maximum(patch, glyph * 0.95, out=patch)
-    image = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
-    return Phantom(image=image, lesion_mask=lesion, subtype=subtype, lung_mask=lung_region)
+        _stamp_marker(img, vw.marker, size, px)
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def _stamp_marker(img: np.ndarray, position: int, size: int, px: float) -> None:
+    """Burn the "R" side marker into ``img`` in place: top left (``position`` 1) or beside the shoulder (2)."""
+    cell = max(1, int(round(2 * px)))
+    glyph = np.kron(_R_GLYPH, np.ones((cell, cell), np.float32))
+    r0 = int(0.04 * size) if position == 1 else int(0.22 * size)
+    c0 = int(0.04 * size)
+    patch = img[r0 : r0 + glyph.shape[0], c0 : c0 + glyph.shape[1]]
+    np.maximum(patch, glyph * 0.95, out=patch)
 
 
 def contact_sheet(seeds: list[int] | range = range(4), size: int = 160) -> np.ndarray:
@@ -668,9 +712,30 @@ def write_dataset(
         raise ValueError("image counts must be non-negative")
     root = Path(root)
     _prepare_root(root)
+    plan = _plan(spec)
+    rows = []
+    for done, (split, subtype, seed, view, rel, key) in enumerate(plan, start=1):
+        ph = make_phantom(subtype, seed, spec.size, view=view)
+        _write_png(root / rel, ph.image)
+        _write_png(root / "masks" / rel, ph.lesion_mask.astype(np.uint8) * 255)
+        label = "NORMAL" if subtype == "normal" else "PNEUMONIA"
+        rows.append((rel, split, label, subtype, key, spec.size, spec.size))
+        if progress is not None:
+            progress(done, len(plan))
 
-    # Plan every image first so the total is known and names/seeds do not depend on timing.
-    plan: list[tuple[str, str, int, int, str, str]] = []  # split, subtype, seed, view, rel, pid
+    rows.sort()
+    _write_manifest(root / "manifest.csv", rows)
+    (root / "SOURCE.md").write_text(_source_md(spec, rows))
+    return root
+
+
+def _plan(spec: SyntheticSpec) -> list[tuple[str, str, int, int, str, str]]:
+    """(split, subtype, seed, view, relative path, patient key) of every image, in writing order.
+
+    Planned before anything is drawn so the total is known and names and seeds do not depend
+    on timing.
+    """
+    plan: list[tuple[str, str, int, int, str, str]] = []
     next_pid = {"normal": FIRST_PATIENT_ID, "pneumonia": FIRST_PATIENT_ID}
     k_counter = 1
     for split in SPLITS:
@@ -686,26 +751,16 @@ def write_dataset(
                     name, key = _file_name(subtype, pid, view + 1, k_counter)
                     k_counter += family == "pneumonia"
                     plan.append((split, subtype, seed, view, f"{split}/{label}/{name}", key))
+    return plan
 
-    rows = []
-    for done, (split, subtype, seed, view, rel, key) in enumerate(plan, start=1):
-        ph = make_phantom(subtype, seed, spec.size, view=view)
-        _write_png(root / rel, ph.image)
-        _write_png(root / "masks" / rel, ph.lesion_mask.astype(np.uint8) * 255)
-        label = "NORMAL" if subtype == "normal" else "PNEUMONIA"
-        rows.append((rel, split, label, subtype, key, spec.size, spec.size))
-        if progress is not None:
-            progress(done, len(plan))
 
-    rows.sort()
-    tmp = root / "manifest.csv.tmp"
+def _write_manifest(path: Path, rows: list[tuple]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(_MANIFEST_COLUMNS)
         writer.writerows(rows)
-    os.replace(tmp, root / "manifest.csv")
-    (root / "SOURCE.md").write_text(_source_md(spec, rows))
-    return root
+    os.replace(tmp, path)
 
 
 def _source_md(spec: SyntheticSpec, rows: list[tuple]) -> str:
