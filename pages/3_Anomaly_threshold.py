@@ -9,13 +9,11 @@ import streamlit as st
 
 from cxr_core.registry import RegistryError, save_settings
 from pages.ui.anomaly_views import FAMILIES, best_by_validation, detector_family, heatmap, map_overlay
+from pages.ui.frame import page_frame
 from pages.ui.loaders import anomaly_detector, anomaly_detector_entries, anomaly_scores
 from pages.ui.threshold_panel import panel_data, threshold_panel
-from pages.ui.widgets import demo_banner
 
-st.set_page_config(page_title="Anomaly threshold · CXR Lens", page_icon="🫁", layout="wide")
-st.title("Anomaly threshold")
-demo_banner()
+page_frame("Anomaly threshold")
 st.caption(
     "Healthy-only detectors were fitted on NORMAL training images only; a higher score means less like "
     "them. An image is flagged when its score is at or above the threshold. Pneumonia is what the "
