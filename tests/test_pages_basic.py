@@ -18,6 +18,16 @@ def _texts(at: AppTest) -> str:
     return "\n".join(str(p) for p in parts)
 
 
+def test_every_page_draws_its_frame_once():
+    """Tab title, title and banner come from ``pages.ui.frame.page_frame``, called once per page."""
+    from pages.ui.navigation import page_files
+
+    for page in [REPO / "home.py", *page_files()]:
+        src = page.read_text()
+        assert src.count("page_frame(") == 1, page.name
+        assert "set_page_config" not in src and "demo_banner()" not in src, page.name
+
+
 def test_home_with_empty_registry_offers_the_demo(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("CXR_REGISTRY", str(tmp_path / "empty"))
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT).run()

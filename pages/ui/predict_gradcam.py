@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 import streamlit as st
 
@@ -45,9 +45,50 @@ def render(decoded: DecodedImage, prediction: Any) -> None:
     _section(decoded, prediction, tasks, digest)
 
 
+class _Choice(NamedTuple):
+    """What the control row asks for."""
+
+    task: str
+    target: str
+    method: str
+    layer: str | None
+    cmap: str
+    alpha: float
+
+
 @st.fragment
 def _section(decoded: DecodedImage, prediction: Any, tasks: list[str], digest: str) -> None:
     # A fragment: moving the slider or changing a select reruns this section, not the prediction.
+    ch = _controls(prediction, tasks)
+    res = prediction.results[ch.task]
+    try:
+        exp = _explanation(decoded, prediction, ch, digest)
+        shown = overlay(decoded.array, exp.cam, ch.alpha, ch.cmap)
+    except Exception as e:  # an explanation failure must not take the prediction down with it
+        st.error(f"The {METHOD_LABELS[ch.method]} map could not be computed: {type(e).__name__}: {e}")
+        return
+
+    if ch.task == "binary" and "multiclass" in tasks:
+        st.caption(
+            "For *where*, prefer the normal / bacterial / viral model: on synthetic phantoms with known "
+            "lesions its map peaks inside the lesion more reliably than the binary model's (docs/GRADCAM.md)."
+        )
+    col_img, col_cam = st.columns(2)
+    col_img.image(decoded.array, caption="Image", width="stretch")
+    col_cam.image(
+        shown, width="stretch",
+        caption=f"{METHOD_LABELS[ch.method]} for {ch.target} · layer `{exp.layer}` · {exp.seconds * 1000:.0f} ms",
+    )
+    if exp.empty:
+        st.info(
+            f"No region of this image raises the model's score for **{ch.target}**: the map is empty. "
+            "The evidence points the other way; try the other class.",
+        )
+    _download(decoded, res, ch, exp)
+
+
+def _controls(prediction: Any, tasks: list[str]) -> _Choice:
+    """The row of selectors above the map: model, class, method, layer, colormap, opacity."""
     c_model, c_target, c_method, c_layer, c_cmap, c_alpha = st.columns([1.3, 1.2, 1, 1.3, 1, 1.3])
     task = c_model.selectbox(
         "Model", tasks, format_func=lambda t: _TASK_TITLES.get(t, t), key="gradcam_task",
@@ -66,50 +107,34 @@ def _section(decoded: DecodedImage, prediction: Any, tasks: list[str], digest: s
     except Exception:  # an unloadable entry is reported below, with the map
         layers = {"final feature map": None}
     layer_label = c_layer.selectbox("Layer", list(layers), key=f"gradcam_layer_{task}", help=LAYER_HELP)
-    layer = layers[layer_label]
     cmap = c_cmap.selectbox("Colormap", COLORMAPS, key="gradcam_cmap")
     alpha = c_alpha.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="gradcam_alpha")
+    return _Choice(task, target, method, layers[layer_label], cmap, alpha)
 
-    try:
-        ex = explainer(res.entry_id, layer, method)
-        # The classification pass kept this layer's output: only the network after it runs again
-        # (same map, a fraction of the time); without it, the full forward/backward.
-        feats = prediction.feature_maps.get(task, {}).get(ex.kept_layer) if ex.kept_layer else None
-        exp = _cached_cam(
-            (digest, res.entry_id, method, target, layer),
-            lambda: ex.explain_features(decoded.array, feats, method=method, target=target)
-            if feats is not None
-            else ex.explain(decoded.array, method=method, target=target),
-        )
-        shown = overlay(decoded.array, exp.cam, alpha, cmap)
-    except Exception as e:  # an explanation failure must not take the prediction down with it
-        st.error(f"The {METHOD_LABELS[method]} map could not be computed: {type(e).__name__}: {e}")
-        return
 
-    if task == "binary" and "multiclass" in tasks:
-        st.caption(
-            "For *where*, prefer the normal / bacterial / viral model: on synthetic phantoms with known "
-            "lesions its map peaks inside the lesion more reliably than the binary model's (docs/GRADCAM.md)."
-        )
-    col_img, col_cam = st.columns(2)
-    col_img.image(decoded.array, caption="Image", width="stretch")
-    col_cam.image(
-        shown, width="stretch",
-        caption=f"{METHOD_LABELS[method]} for {target} · layer `{exp.layer}` · {exp.seconds * 1000:.0f} ms",
+def _explanation(decoded: DecodedImage, prediction: Any, ch: _Choice, digest: str) -> Explanation:
+    res = prediction.results[ch.task]
+    ex = explainer(res.entry_id, ch.layer, ch.method)
+    # The classification pass kept this layer's output: only the network after it runs again
+    # (same map, a fraction of the time); without it, the full forward/backward.
+    feats = prediction.feature_maps.get(ch.task, {}).get(ex.kept_layer) if ex.kept_layer else None
+    return _cached_cam(
+        (digest, res.entry_id, ch.method, ch.target, ch.layer),
+        lambda: ex.explain_features(decoded.array, feats, method=ch.method, target=ch.target)
+        if feats is not None
+        else ex.explain(decoded.array, method=ch.method, target=ch.target),
     )
-    if exp.empty:
-        st.info(
-            f"No region of this image raises the model's score for **{target}**: the map is empty. "
-            "The evidence points the other way; try the other class.",
-        )
+
+
+def _download(decoded: DecodedImage, res: Any, ch: _Choice, exp: Explanation) -> None:
     title = (
-        f"Prediction: {res.label} ({res.confidence:.1%}) · {_TASK_TITLES.get(task, task)}\n"
-        f"{METHOD_LABELS[method]} for {target} · layer {exp.layer} · model {res.entry_id} · not for clinical use"
+        f"Prediction: {res.label} ({res.confidence:.1%}) · {_TASK_TITLES.get(ch.task, ch.task)}\n"
+        f"{METHOD_LABELS[ch.method]} for {ch.target} · layer {exp.layer} · model {res.entry_id} · not for clinical use"
     )
     st.download_button(
         "Download heatmap (PNG)",
-        data=lambda: cam_png(decoded.array, exp.cam, title, alpha=alpha, colormap=cmap),
-        file_name=f"gradcam_{task}_{target}_{method}.png".replace("+", "p"),
+        data=lambda: cam_png(decoded.array, exp.cam, title, alpha=ch.alpha, colormap=ch.cmap),
+        file_name=f"gradcam_{ch.task}_{ch.target}_{ch.method}.png".replace("+", "p"),
         mime="image/png",
         on_click="ignore",
         key="gradcam_download",

@@ -30,6 +30,7 @@ from .loaders import (
     ood_guard,
     reference_set,
 )
+from .widgets import clean_filename
 
 _TITLES = {"binary": "Normal vs pneumonia", "multiclass": "Normal / bacterial / viral"}
 
@@ -63,7 +64,25 @@ def study_cam(decoded: DecodedImage, prediction: Any) -> tuple[np.ndarray | None
 def study_report(decoded: DecodedImage, prediction: Any) -> StudyReport:
     """Everything the report prints for this study, from the registry's cached objects."""
     extras = prediction.extras
-    models: list[ReportModel] = []
+    models: list[ReportModel] = []  # every entry that contributed, in the order of the sections
+    preds = _predictions(prediction, models)
+    anomalies = _anomalies(decoded, models)
+    guard_text, guard_ok = _guard(extras.get("ood"), models)
+    neighbors, note = _neighbors(prediction)
+    cam, cam_caption = study_cam(decoded, prediction)
+    technical = list(extras.get("technical") or [])
+    notes = []
+    if any(is_synthetic(s.card) for s in entries() if s.ok and s.id in {m.entry_id for m in models}):
+        notes.append("Models trained on synthetic phantoms (demo registry): nothing here is a clinical finding.")
+    return StudyReport(
+        study=clean_filename(extras.get("name", "study")), image=np.asarray(extras.get("display", decoded.array)),
+        image_format=decoded.format, predictions=preds, models=models, cam=cam, cam_caption=cam_caption,
+        guard=guard_text, guard_ok=guard_ok, anomalies=anomalies, neighbors=neighbors, neighbors_note=note,
+        technical=technical, notes=notes,
+    )
+
+
+def _predictions(prediction: Any, models: list[ReportModel]) -> list[ReportPrediction]:
     preds = []
     for task in ("binary", "multiclass"):
         res = prediction.results.get(task)
@@ -73,9 +92,14 @@ def study_report(decoded: DecodedImage, prediction: Any) -> StudyReport:
                                       res.threshold if task == "binary" else None))
         if (e := _entry(res.entry_id)) is not None:
             models.append(_model(e, f"{task} classifier"))
-    anomalies = []
+    return preds
+
+
+def _anomalies(decoded: DecodedImage, models: list[ReportModel]) -> list[ReportAnomaly]:
+    """Every healthy-only detector's score, leaving out any detector worse than chance."""
     from cxr_core.anomaly import worse_than_chance
 
+    anomalies = []
     for e in anomaly_detector_entries():
         if worse_than_chance(e):
             continue
@@ -83,7 +107,11 @@ def study_report(decoded: DecodedImage, prediction: Any) -> StudyReport:
         thr = float(e.card.get("threshold", out.threshold))
         anomalies.append(ReportAnomaly(str(e.card.get("name", e.id)), out.score, thr, out.score >= thr, e.id))
         models.append(_model(e, "anomaly detector"))
-    verdict = extras.get("ood")
+    return anomalies
+
+
+def _guard(verdict: Any, models: list[ReportModel]) -> tuple[str, bool | None]:
+    """The chest X-ray check's line and verdict (None: not run, or it failed)."""
     guard_text, guard_ok = "", None
     if verdict is not None and not isinstance(verdict, Exception):
         guard_ok = bool(verdict.looks_like_cxr)
@@ -94,30 +122,23 @@ def study_report(decoded: DecodedImage, prediction: Any) -> StudyReport:
     guard = ood_guard()
     if guard is not None and guard.entry_id and (e := _entry(guard.entry_id)) is not None:
         models.append(_model(e, "chest X-ray guard"))
-    neighbors: list[ReportNeighbor] = []
-    note = ""
-    if prediction.embedding is not None and prediction.embedding_entry:
-        ref = reference_set(prediction.embedding_entry)
-        if ref is not None and np.asarray(prediction.embedding).shape[-1] == ref.knn.embeddings.shape[1]:
-            rows, dist, self_row = nearest_references(ref.knn, prediction.embedding, N_NEIGHBORS)
-            neighbors = [ReportNeighbor(np.asarray(ref.thumbs[r]), str(ref.labels[r]), float(d), str(ref.splits[r]))
-                         for r, d in zip(rows, dist, strict=True)]
-            note = (f"Cosine distance between embeddings of {prediction.embedding_entry}; reference set of "
-                    f"{len(ref):,} images.") + (" The study itself is a reference image and is left out."
-                                                if self_row is not None else "")
-    cam, cam_caption = study_cam(decoded, prediction)
-    technical = list(extras.get("technical") or [])
-    notes = []
-    if any(is_synthetic(s.card) for s in entries() if s.ok and s.id in {m.entry_id for m in models}):
-        notes.append("Models trained on synthetic phantoms (demo registry): nothing here is a clinical finding.")
-    from pages.ui.widgets import clean_filename
+    return guard_text, guard_ok
 
-    return StudyReport(
-        study=clean_filename(extras.get("name", "study")), image=np.asarray(extras.get("display", decoded.array)),
-        image_format=decoded.format, predictions=preds, models=models, cam=cam, cam_caption=cam_caption,
-        guard=guard_text, guard_ok=guard_ok, anomalies=anomalies, neighbors=neighbors, neighbors_note=note,
-        technical=technical, notes=notes,
-    )
+
+def _neighbors(prediction: Any) -> tuple[list[ReportNeighbor], str]:
+    """The nearest reference images and the note under them (none without a matching index)."""
+    if prediction.embedding is None or not prediction.embedding_entry:
+        return [], ""
+    ref = reference_set(prediction.embedding_entry)
+    if ref is None or np.asarray(prediction.embedding).shape[-1] != ref.knn.embeddings.shape[1]:
+        return [], ""
+    rows, dist, self_row = nearest_references(ref.knn, prediction.embedding, N_NEIGHBORS)
+    neighbors = [ReportNeighbor(np.asarray(ref.thumbs[r]), str(ref.labels[r]), float(d), str(ref.splits[r]))
+                 for r, d in zip(rows, dist, strict=True)]
+    note = (f"Cosine distance between embeddings of {prediction.embedding_entry}; reference set of "
+            f"{len(ref):,} images.") + (" The study itself is a reference image and is left out."
+                                        if self_row is not None else "")
+    return neighbors, note
 
 
 def render(decoded: DecodedImage, prediction: Any) -> None:
