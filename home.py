@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cxr_core.registry import is_release
+from cxr_core.registry import is_release, usable
 from pages.ui.frame import page_frame
 from pages.ui.loaders import entries, is_synthetic, registry_path
 
@@ -24,7 +24,7 @@ st.caption(f"`{root}` — set `CXR_REGISTRY` to use another folder"
            + (" (this is the committed release registry: read-only; thresholds you save go to your settings file)."
               if is_release(root) else "."))
 
-if not any(s.ok and s.card and s.card.get("kind") == "classifier" for s in statuses):
+if not usable(statuses, "classifier"):
     st.warning("The registry has no usable classifier yet.")
     if st.button("Build the demo registry (synthetic data, a few minutes on CPU)", type="primary"):
         from train.demo import build_demo

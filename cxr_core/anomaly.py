@@ -42,9 +42,8 @@ from torch import nn
 
 from .config import AugmentConfig, InputSpec
 from .preprocess import augment, normalize, to_float
+from .progress import StepProgress as Progress
 from .registry import Entry, EntryStatus
-
-Progress = Callable[[int, int], None]
 
 # --------------------------------------------------------------------------------------------
 # threshold arithmetic
@@ -145,6 +144,49 @@ def _above(scores: np.ndarray, value: float) -> float:
     return float(np.nextafter(value, math.inf))
 
 
+def _class_suggestions(normal: np.ndarray, sick: np.ndarray, target_sensitivity: float,
+                       normal_quantile: float) -> dict[str, dict[str, Any]]:
+    """The suggestions one class alone supports: a quantile of the normals, a sensitivity target on the sick."""
+    sug: dict[str, dict[str, Any]] = {}
+    if len(normal):
+        sug[f"normal_q{round(normal_quantile * 100)}"] = {
+            "value": float(np.quantile(normal, normal_quantile)),
+            "label": f"{normal_quantile:.0%} of normals pass",
+            "note": f"flags about {1 - normal_quantile:.0%} of healthy validation images; needs no anomalous examples",
+        }
+    if len(sick):
+        # Largest threshold that still reaches the target sensitivity on validation.
+        k = int(math.floor((1.0 - target_sensitivity) * len(sick) + 1e-9))
+        sug[f"sensitivity_{round(target_sensitivity * 100)}"] = {
+            "value": float(np.sort(sick)[min(k, len(sick) - 1)]),
+            "label": f"sensitivity ≥ {target_sensitivity:.0%}",
+            "note": f"highest threshold that flags at least {target_sensitivity:.0%} of anomalous validation images",
+        }
+    return sug
+
+
+def _curve_suggestions(y: np.ndarray, s: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Youden's J on the ROC curve and the best F1 on the precision-recall curve (both classes needed)."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    fpr, tpr, thr = roc_curve(y, s)
+    j = tpr - fpr
+    best = int(np.argmax(j))
+    youden = float(thr[best]) if np.isfinite(thr[best]) else _above(s, float(s.max()))
+    prec, rec, pthr = precision_recall_curve(y, s)
+    f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)[:-1]
+    bi = int(np.argmax(f1))
+    note = f"maximises F1 on validation (F1 = {f1[bi]:.3f})"
+    if float(pthr[bi]) <= float(s.min()):
+        # Anomalies are the majority here, so flagging everything can win on F1; say so.
+        note += "; at this threshold every validation image is flagged"
+    return {
+        "youden": {"value": youden, "label": "Youden's J",
+                   "note": f"maximises sensitivity + specificity − 1 on validation (J = {j[best]:.3f})"},
+        "best_f1": {"value": float(pthr[bi]), "label": "best F1", "note": note},
+    }
+
+
 def suggest_thresholds(
     y_val: np.ndarray,
     s_val: np.ndarray,
@@ -160,50 +202,15 @@ def suggest_thresholds(
     high quantile of the normal scores (it fixes the false-alarm rate on healthy images
     at about ``1 - normal_quantile``); that case is said in ``note``.
     """
-    from sklearn.metrics import precision_recall_curve, roc_curve
-
     y = np.asarray(y_val).astype(int)
     s = np.asarray(s_val, dtype=np.float64)
     if len(s) == 0:
         raise ValueError("no validation scores to choose a threshold from")
     normal, sick = s[y == 0], s[y == 1]
-    sug: dict[str, dict[str, Any]] = {}
-    if len(normal):
-        q = float(np.quantile(normal, normal_quantile))
-        sug[f"normal_q{round(normal_quantile * 100)}"] = {
-            "value": q,
-            "label": f"{normal_quantile:.0%} of normals pass",
-            "note": f"flags about {1 - normal_quantile:.0%} of healthy validation images; needs no anomalous examples",
-        }
-    if len(sick):
-        # Largest threshold that still reaches the target sensitivity on validation.
-        k = int(math.floor((1.0 - target_sensitivity) * len(sick) + 1e-9))
-        sug[f"sensitivity_{round(target_sensitivity * 100)}"] = {
-            "value": float(np.sort(sick)[min(k, len(sick) - 1)]),
-            "label": f"sensitivity ≥ {target_sensitivity:.0%}",
-            "note": f"highest threshold that flags at least {target_sensitivity:.0%} of anomalous validation images",
-        }
+    sug = _class_suggestions(normal, sick, target_sensitivity, normal_quantile)
     fallback = not (len(normal) and len(sick))
     if not fallback:
-        fpr, tpr, thr = roc_curve(y, s)
-        j = tpr - fpr
-        best = int(np.argmax(j))
-        value = float(thr[best]) if np.isfinite(thr[best]) else _above(s, float(s.max()))
-        sug["youden"] = {
-            "value": value,
-            "label": "Youden's J",
-            "note": f"maximises sensitivity + specificity − 1 on validation (J = {j[best]:.3f})",
-        }
-        prec, rec, pthr = precision_recall_curve(y, s)
-        f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)[:-1]
-        bi = int(np.argmax(f1))
-        value = float(pthr[bi])
-        note = f"maximises F1 on validation (F1 = {f1[bi]:.3f})"
-        if value <= float(s.min()):
-            # Anomalies are the majority here, so flagging everything can win on F1; say so.
-            note += "; at this threshold every validation image is flagged"
-        sug["best_f1"] = {"value": value, "label": "best F1", "note": note}
-    if "youden" in sug:
+        sug.update(_curve_suggestions(y, s))
         chosen, note = "youden", "Youden's J on validation"
     elif len(normal):
         chosen = f"normal_q{round(normal_quantile * 100)}"
@@ -215,13 +222,8 @@ def suggest_thresholds(
         chosen = f"sensitivity_{round(target_sensitivity * 100)}"
         note = "validation has no healthy images; the threshold only targets sensitivity (fallback)"
     return {
-        "suggestions": sug,
-        "chosen": chosen,
-        "threshold": float(sug[chosen]["value"]),
-        "fallback": fallback,
-        "note": note,
-        "target_sensitivity": target_sensitivity,
-        "normal_quantile": normal_quantile,
+        "suggestions": sug, "chosen": chosen, "threshold": float(sug[chosen]["value"]), "fallback": fallback,
+        "note": note, "target_sensitivity": target_sensitivity, "normal_quantile": normal_quantile,
     }
 
 

@@ -43,6 +43,8 @@ LABELS = ("NORMAL", "PNEUMONIA")
 
 _PNEUMONIA_RE = re.compile(r"^(person\d+)_(bacteria|virus)_\d+", re.IGNORECASE)
 _NORMAL_RE = re.compile(r"^(?:NORMAL2-)?(IM-\d+)-\d+", re.IGNORECASE)
+#: Any finding in the Kermany naming scheme, e.g. ``person5001_covid_3`` (synthetic four-class sets).
+_PERSON_RE = re.compile(r"^(person\d+)_[a-z]+_\d+", re.IGNORECASE)
 
 
 class DatasetError(ValueError):
@@ -203,10 +205,10 @@ def _slug(name: str) -> str:
 def patient_of(filename: str) -> str:
     """The patient a file belongs to when its name says so (Kermany-style names), else the file itself."""
     stem = Path(filename).stem
-    m = _PNEUMONIA_RE.match(stem) or _NORMAL_RE.match(stem)
-    if m is None:
-        return stem
-    return m.group(1).lower() if m.re is _PNEUMONIA_RE else m.group(1).upper()
+    if m := _PERSON_RE.match(stem):
+        return m.group(1).lower()
+    m = _NORMAL_RE.match(stem)
+    return m.group(1).upper() if m else stem
 
 
 def _probe(path: Path) -> str | None:

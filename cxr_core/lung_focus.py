@@ -50,12 +50,13 @@ def focus_films(n_total: int, n: int) -> np.ndarray:
 
 
 def lung_focus_of_model(model: nn.Module, architecture: str, task: str, spec: InputSpec, prepared_u8: np.ndarray,
-                        films: int = 80, batch: int = 16) -> dict[str, Any]:
+                        films: int = 80, batch: int = 16, classes: tuple[str, ...] | None = None) -> dict[str, Any]:
     """HiResCAM (the app's default map and layer) for the predicted class on ``films`` evenly spaced films of
     ``prepared_u8`` (N, S, S, already through ``prepare``): peak and mass inside ``LUNG_BOX``."""
     idx = focus_films(len(prepared_u8), films)
     # The films are already prepared: CLAHE and the crop must not run twice.
-    ex = Explainer(model.cpu(), architecture, task, replace(spec, clahe=False, crop_fraction=1.0), method=DEFAULT_METHOD)
+    ex = Explainer(model.cpu(), architecture, task, replace(spec, clahe=False, crop_fraction=1.0), method=DEFAULT_METHOD,
+                   classes=classes)
     cams, empty = [], 0
     for start in range(0, len(idx), batch):
         for e in ex.explain_batch([prepared_u8[i] for i in idx[start : start + batch]]):

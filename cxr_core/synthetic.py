@@ -44,6 +44,9 @@ from scipy import ndimage
 from cxr_core.config import SPLITS
 
 SUBTYPES: tuple[str, ...] = ("normal", "bacteria", "virus")
+#: Every finding :func:`make_phantom` draws: the Kermany subtypes and a COVID-19-like pattern
+#: (bilateral, peripheral, lower-zone ground glass) for four-class sets.
+ALL_SUBTYPES: tuple[str, ...] = (*SUBTYPES, "covid")
 
 #: Bumped whenever the drawing changes, so a cached demo set can tell it is stale.
 GENERATOR_VERSION = 2
@@ -76,6 +79,11 @@ class SyntheticSpec:
     n_per_class: dict[str, int] = field(default_factory=lambda: {"train": 60, "val": 15, "test": 20})
     size: int = 256
     seed: int = 0
+    #: The findings drawn, one class each (any of ``ALL_SUBTYPES``).
+    classes: tuple[str, ...] = SUBTYPES
+    #: "kermany": ``{split}/{NORMAL,PNEUMONIA}/`` (needs the Kermany subtypes); "manifest": one folder
+    #: per class and a manifest.csv whose label is the class (an N-class set, e.g. with ``covid``).
+    layout: str = "kermany"
 
 
 # --------------------------------------------------------------------------------------------
@@ -436,6 +444,21 @@ def _interstitial(
     return haze.astype(np.float32), reticular.astype(np.float32)
 
 
+def _ground_glass(fr: _Frame, rng: np.random.Generator, lungs: list[np.ndarray]) -> np.ndarray:
+    """Bilateral, peripheral, lower-zone patchy ground glass (the COVID-19 pattern): haze in [0, 1]."""
+    haze = np.zeros_like(fr.u)
+    for lung in lungs:
+        inside = lung > 0.0
+        v_mid = float(np.median(fr.v[inside])) if inside.any() else 0.0
+        # Strongest under the pleura (the lung field is ~ the distance to its border) and in the lower half.
+        peripheral = np.exp(-np.clip(lung, 0.0, None) / rng.uniform(0.18, 0.24))
+        lower = _smoothstep((fr.v - v_mid + rng.uniform(0.0, 0.1)) / 0.3)
+        patches = _smoothstep((_smooth_noise(rng, 10, fr.size) + 0.5) / 1.0)
+        w = peripheral * lower * (0.35 + 0.65 * patches) * _smoothstep(lung / 0.015)
+        haze = np.maximum(haze, w / max(float(w.max()), 1e-6))  # bilateral: each lung peaks at full strength
+    return haze.astype(np.float32)
+
+
 # --------------------------------------------------------------------------------------------
 # rendering
 
@@ -482,8 +505,8 @@ def make_phantom(subtype: str, seed: int, size: int = 256, *, view: int = 0) -> 
     ``seed`` fixes the patient: anatomy and, per subtype, the lesion. ``view`` is another
     acquisition of the same patient and finding: new pose, exposure, blur and noise.
     """
-    if subtype not in SUBTYPES:
-        raise ValueError(f"subtype must be one of {SUBTYPES}, got {subtype!r}")
+    if subtype not in ALL_SUBTYPES:
+        raise ValueError(f"subtype must be one of {ALL_SUBTYPES}, got {subtype!r}")
     if size < 32:
         raise ValueError(f"size must be at least 32, got {size}")
     if seed < 0 or view < 0:
@@ -492,7 +515,7 @@ def make_phantom(subtype: str, seed: int, size: int = 256, *, view: int = 0) -> 
     an = _sample_anatomy(np.random.default_rng([seed, 0]))
     vw = _sample_view(np.random.default_rng([seed, 1, view]))
     tex_rng = np.random.default_rng([seed, 2])
-    lesion_rng = np.random.default_rng([seed, 3, SUBTYPES.index(subtype)])
+    lesion_rng = np.random.default_rng([seed, 3, ALL_SUBTYPES.index(subtype)])
     noise_rng = np.random.default_rng([seed, 4, view])
     fr = _Frame(size, vw.angle, vw.scale, vw.du, vw.dv)
 
@@ -576,6 +599,11 @@ def _add_finding(
         haze, ret = _interstitial(fr, lesion_rng, lungs)
         amp = an.lung_depth * lesion_rng.uniform(0.36, 0.48)
         atten += haze * amp * (0.7 + 0.5 * ret) + 0.04 * haze * vessels
+        lesion = (haze > 0.4) & lung_region
+    elif subtype == "covid":
+        haze = _ground_glass(fr, lesion_rng, lungs)
+        # Ground glass is fainter than consolidation and keeps the vessels visible through it.
+        atten += haze * an.lung_depth * lesion_rng.uniform(0.55, 0.70)
         lesion = (haze > 0.4) & lung_region
     return atten, lesion
 
@@ -666,6 +694,7 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 
 
 _SOURCE_TITLE = "# Synthetic chest-X-ray phantoms (demo data, NOT clinical)"
+_KERMANY_LAYOUT_MD = "Layout: the Kaggle `chest-xray-pneumonia` layout, `{train,val,test}/{NORMAL,PNEUMONIA}/*.png`,"
 
 
 def _prepare_root(root: Path) -> None:
@@ -705,6 +734,10 @@ def write_dataset(
     absent, empty, or an earlier synthetic set (which is replaced); anything else raises
     ``FileExistsError``. ``progress(done, total)`` is called after every image.
     """
+    if spec.layout not in ("kermany", "manifest") or set(spec.classes) - set(ALL_SUBTYPES):
+        raise ValueError(f"layout must be kermany or manifest and classes a subset of {ALL_SUBTYPES}")
+    if spec.layout == "kermany" and set(spec.classes) - set(SUBTYPES):
+        raise ValueError(f"the Kermany layout holds only {SUBTYPES}; write other classes with layout='manifest'")
     unknown = set(spec.n_per_class) - set(SPLITS)
     if unknown:
         raise ValueError(f"unknown split(s) {sorted(unknown)}; expected a subset of {SPLITS}")
@@ -718,8 +751,7 @@ def write_dataset(
         ph = make_phantom(subtype, seed, spec.size, view=view)
         _write_png(root / rel, ph.image)
         _write_png(root / "masks" / rel, ph.lesion_mask.astype(np.uint8) * 255)
-        label = "NORMAL" if subtype == "normal" else "PNEUMONIA"
-        rows.append((rel, split, label, subtype, key, spec.size, spec.size))
+        rows.append((rel, split, _label(spec, subtype), subtype, key, spec.size, spec.size))
         if progress is not None:
             progress(done, len(plan))
 
@@ -727,6 +759,13 @@ def write_dataset(
     _write_manifest(root / "manifest.csv", rows)
     (root / "SOURCE.md").write_text(_source_md(spec, rows))
     return root
+
+
+def _label(spec: SyntheticSpec, subtype: str) -> str:
+    """The folder / manifest label: NORMAL or PNEUMONIA in the Kermany layout, the class itself otherwise."""
+    if spec.layout == "kermany":
+        return "NORMAL" if subtype == "normal" else "PNEUMONIA"
+    return subtype
 
 
 def _plan(spec: SyntheticSpec) -> list[tuple[str, str, int, int, str, str]]:
@@ -740,13 +779,13 @@ def _plan(spec: SyntheticSpec) -> list[tuple[str, str, int, int, str, str]]:
     k_counter = 1
     for split in SPLITS:
         n = spec.n_per_class.get(split, 0)
-        for subtype in SUBTYPES:
+        for subtype in spec.classes:
             family = "normal" if subtype == "normal" else "pneumonia"
             for n_views in _patient_sizes(n):
                 pid = next_pid[family]
                 next_pid[family] += 1
                 seed = _patient_seed(spec.seed, subtype, pid)
-                label = "NORMAL" if subtype == "normal" else "PNEUMONIA"
+                label = _label(spec, subtype)
                 for view in range(n_views):
                     name, key = _file_name(subtype, pid, view + 1, k_counter)
                     k_counter += family == "pneumonia"
@@ -764,15 +803,20 @@ def _write_manifest(path: Path, rows: list[tuple]) -> None:
 
 
 def _source_md(spec: SyntheticSpec, rows: list[tuple]) -> str:
-    counts = {(s, t): 0 for s in SPLITS for t in SUBTYPES}
+    counts = {(s, t): 0 for s in SPLITS for t in spec.classes}
     patients: dict[str, set[str]] = {s: set() for s in SPLITS}
     for _rel, split, _label, subtype, key, _w, _h in rows:
         counts[split, subtype] += 1
         patients[split].add(key)
-    table = ["| split | normal | bacteria | virus | images | patients |", "|---|---:|---:|---:|---:|---:|"]
+    table = ["| split | " + " | ".join(spec.classes) + " | images | patients |",
+             "|---|" + "---:|" * (len(spec.classes) + 2)]
     for s in SPLITS:
-        n = [counts[s, t] for t in SUBTYPES]
-        table.append(f"| {s} | {n[0]} | {n[1]} | {n[2]} | {sum(n)} | {len(patients[s])} |")
+        n = [counts[s, t] for t in spec.classes]
+        table.append(f"| {s} | " + " | ".join(map(str, n)) + f" | {sum(n)} | {len(patients[s])} |")
+    extra = "" if spec.layout == "kermany" else f", classes={spec.classes!r}, layout={spec.layout!r}"
+    layout = (_KERMANY_LAYOUT_MD if spec.layout == "kermany" else
+              "Layout: one folder per class, `{train,val,test}/<class>/*.png`, and `manifest.csv` (path, split, "
+              "label = the class, subtype, patient_id, width, height): read through the manifest.")
     return f"""{_SOURCE_TITLE}
 
 Every image here is **synthetic**: drawn by `cxr_core.synthetic` (generator version {GENERATOR_VERSION})
@@ -783,12 +827,12 @@ No patient data was used. Do not use these images for any clinical purpose.
 - `normal`: no finding.
 - `bacteria`: dense lobar consolidation, one fairly well-defined region in one lung.
 - `virus`: bilateral, patchy, perihilar interstitial haze with a reticular texture.
+- `covid` (four-class sets only): bilateral, peripheral, lower-zone ground glass.
 
 Each image is gamma-corrected to a mean intensity drawn from the same distribution for every
 class, so global brightness does not give the class away.
 
-Layout: the Kaggle `chest-xray-pneumonia` layout, `{{train,val,test}}/{{NORMAL,PNEUMONIA}}/*.png`,
-{spec.size}x{spec.size} 8-bit grayscale, with real-style file names (`IM-XXXX-000N.png`,
+{layout} {spec.size}x{spec.size} 8-bit grayscale, with real-style file names (`IM-XXXX-000N.png`,
 `personN_bacteria_K.png`, `personN_virus_K.png`; patient numbers start at {FIRST_PATIENT_ID}).
 About {SECOND_IMAGE_FRACTION:.0%} of patients have two images, always in the same split.
 Lesion masks (255 = lesion) are in `masks/<same relative path>`; `manifest.csv` lists path,
@@ -800,7 +844,7 @@ Regenerate (byte-identical):
 
 ```python
 from cxr_core.synthetic import SyntheticSpec, write_dataset
-write_dataset("<root>", SyntheticSpec(n_per_class={dict(spec.n_per_class)!r}, size={spec.size}, seed={spec.seed}))
+write_dataset("<root>", SyntheticSpec(n_per_class={dict(spec.n_per_class)!r}, size={spec.size}, seed={spec.seed}{extra}))
 ```
 """
 

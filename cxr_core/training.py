@@ -790,7 +790,8 @@ def _lung_focus(run: _Run, log: Callable[[str], None]) -> dict[str, Any] | None:
     if not cfg.lung_focus_films or "test" not in run.caches:
         return None
     t0 = time.perf_counter()
-    focus = lung_focus_of_model(run.model, cfg.architecture, cfg.task, run.spec, run.caches["test"].cpu().numpy(), cfg.lung_focus_films)
+    focus = lung_focus_of_model(run.model, cfg.architecture, cfg.task, run.spec, run.caches["test"].cpu().numpy(),
+                                cfg.lung_focus_films, classes=run.classes)
     focus["seconds"] = time.perf_counter() - t0
     log(f"lung focus on {focus['films']} test films: peak inside {focus['peak_inside']:.3f}, mass inside {focus['mass_inside']:.3f}")
     return focus

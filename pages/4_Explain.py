@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import streamlit as st
 
+from cxr_core.config import ordered_tasks, task_title
 from cxr_core.data import DatasetError
 from cxr_core.explain.gallery import select_items
 from cxr_core.explain.methods import METHOD_LABELS, METHODS
 from cxr_core.explain.overlay import COLORMAPS, overlay
 from cxr_core.models import gradcam_layer_choices
-from cxr_core.registry import select
+from cxr_core.registry import select, usable
 from pages.ui.frame import page_frame
 from pages.ui.loaders import entries, gallery_cam, split_predictions
 from pages.ui.widgets import LAYER_HELP, METHOD_HELP
 
 PER_PAGE = 12
 COLUMNS = 4
-_TASK_TITLES = {"binary": "Normal vs pneumonia", "multiclass": "Normal / bacterial / viral"}
 
 page_frame(
     "Explain",
@@ -26,14 +26,15 @@ page_frame(
 )
 
 statuses = entries()
-usable = [s for s in statuses if s.ok and s.card and s.card.get("kind") == "classifier"]
-by_id = {s.id: s.card for s in usable}
-# The same default as the Predict page: the registry's binary classifier, else its 3-class one.
-default = select(statuses, "classifier", "binary") or select(statuses, "classifier", "multiclass")
+classifiers = usable(statuses, "classifier")
+by_id = {s.id: s.card for s in classifiers}
+# The same default as the Predict page: the classifier of the first task in display order.
+tasks = ordered_tasks(str(c.get("task")) for c in by_id.values())
+default = select(statuses, "classifier", tasks[0]) if tasks else None
 c_model, c_split = st.columns([3, 1])
 entry_id = c_model.selectbox(
     "Classifier", list(by_id), index=list(by_id).index(default.id) if default else 0,
-    format_func=lambda i: f"{_TASK_TITLES.get(by_id[i].get('task'), by_id[i].get('task'))} · {by_id[i].get('architecture')} · {i}",
+    format_func=lambda i: f"{task_title(str(by_id[i].get('task')), by_id[i].get('classes', []))} · {by_id[i].get('architecture')} · {i}",
     key="explain_entry",
 )
 card = by_id[entry_id]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -11,16 +10,18 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+from cxr_core.cards import OPERATING_POINT_LABELS, MetricKey
+from cxr_core.config import ordered_tasks
 from pages.ui.frame import page_frame
 from pages.ui.loaders import dataset_image_sizes, entries, is_synthetic, registry_path
 
 page_frame("Models & data")
 
 statuses = entries()
-# The classifiers the app predicts with come first (binary, then 3-class), then detectors.
-_ORDER = {("classifier", "binary"): 0, ("classifier", "multiclass"): 1}
+# The classifiers the app predicts with come first (binary, 3-class, then other tasks), then detectors.
+_TASKS = ordered_tasks(str(s.card.get("task")) for s in statuses if s.ok and s.card and s.card.get("kind") == "classifier")
 usable = sorted((s for s in statuses if s.ok and s.card),
-                key=lambda s: (_ORDER.get((s.card.get("kind"), s.card.get("task")), 2), s.id))
+                key=lambda s: (_TASKS.index(s.card.get("task")) if s.card.get("kind") == "classifier" else len(_TASKS), s.id))
 broken = [s for s in statuses if not s.ok]
 
 if broken:
@@ -92,20 +93,17 @@ with st.expander("Raw card (JSON)"):
     st.code(json.dumps(card, indent=2), language="json")
 
 # --- metrics -----------------------------------------------------------------------------------------
-_KEY = re.compile(r"^(?P<src>eval:)?(?P<split>[a-z]+)(?:_tta(?P<tta>\d+))?(?:@(?P<thr>\w+))?$")
-
-
 def metric_frame(metrics: dict, task: str | None) -> pd.DataFrame:
     rows = []
     for key, m in metrics.items():
-        hit = _KEY.match(key)
-        if not hit or not isinstance(m, dict):
+        mk = MetricKey.parse(key)
+        if mk is None or mk.knn or not isinstance(m, dict):
             continue
         row = {
-            "source": "train.evaluate" if hit["src"] else "training",
-            "split": hit["split"],
-            "views": f"TTA×{hit['tta']}" if hit["tta"] else "plain",
-            "threshold": "Youden (val)" if hit["thr"] == "youden_val" else ("argmax" if task != "binary" else "0.5"),
+            "source": "train.evaluate" if mk.source == "evaluate" else "training",
+            "split": mk.split,
+            "views": f"TTA×{mk.tta}" if mk.tta > 1 else "plain",
+            "threshold": OPERATING_POINT_LABELS.get(mk.threshold or ("default" if task == "binary" else "argmax"), mk.threshold),
             "n": m.get("n"),
             "accuracy": m.get("accuracy"),
         }
@@ -135,7 +133,7 @@ if kind == "classifier" and metrics:
             st.subheader(f"{split} split")
             part = frame[frame["split"] == split].drop(columns=["split"]).set_index(["source", "views", "threshold"])
             st.dataframe(part, width="stretch")
-        st.caption("Thresholds marked *Youden (val)* were chosen on the patient-level validation split, never on test.")
+        st.caption("Thresholds marked *(val)* were chosen on the patient-level validation split, never on test.")
 
         st.subheader("Confusion matrix")
         keys = [k for k in frame["key"] if isinstance(metrics[k].get("confusion"), list)]

@@ -17,7 +17,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +39,13 @@ from cxr_core.anomaly import (
     suggest_thresholds,
     train_autoencoder,
 )
-from cxr_core.config import InputSpec
+from cxr_core.config import InputSpec, normal_class
 from cxr_core.data import Dataset, Sample, load_images, read_dataset, with_validation_split
 from cxr_core.feature_recon import RECON_KINDS, ReconConfig, extract_maps, train_recon
 from cxr_core.preprocess import prepare
+from cxr_core.progress import Progress
 from cxr_core.registry import Entry, registry_root, write_entry
 
-Progress = Callable[[str, int, int], None]
 DETECTORS = ("autoencoder", "features", "recon", "ood", "all")
 
 
@@ -75,6 +75,8 @@ class AnomalyConfig:
     ood_features: FeatureConfig | None = None
     synthetic: bool = False
     notes: str = ""
+    #: The healthy class detectors learn (None: NORMAL in the Kermany layout, else a class named normal).
+    normal_class: str | None = None
 
     def args(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("ae", "features", "ood_features", "recon")}
@@ -128,7 +130,7 @@ def _dataset_card(cfg: AnomalyConfig, ds: Dataset, used: dict[str, int]) -> dict
         "used": used,
         "fingerprint": ds.fingerprint(),
         "validation": {"fraction": cfg.val_fraction, "seed": cfg.seed, "by": "patient"},
-        "train_labels": ["NORMAL"],
+        "train_labels": [cfg.normal_class or "NORMAL"],
     }
     if cfg.synthetic:
         d.update({"synthetic": True, "name": "synthetic-demo"})
@@ -144,7 +146,7 @@ def _write(
     log: Callable[[str], None],
 ) -> Entry:
     """Metrics, histograms, thresholds and scores.npz around a fitted detector's scores; write the entry."""
-    labels = {s: np.array([x.label == "PNEUMONIA" for x in splits[s]], dtype=np.int8) for s in scores}
+    labels = {s: np.array([x.label != cfg.normal_class for x in splits[s]], dtype=np.int8) for s in scores}
     th = suggest_thresholds(labels["val"], scores["val"], target_sensitivity=cfg.target_sensitivity,
                             normal_quantile=cfg.normal_quantile)
     metrics, at_thr, hists = {}, {}, {}
@@ -185,7 +187,8 @@ def _base_card(cfg: AnomalyConfig, ds: Dataset, splits: dict[str, list[Sample]],
     return {
         "kind": kind,
         "task": task,
-        "classes": ["NORMAL", "PNEUMONIA"],
+        "classes": ["NORMAL", "PNEUMONIA"] if cfg.normal_class == "NORMAL" else [cfg.normal_class, f"not {cfg.normal_class}"],
+        "normal_class": cfg.normal_class,
         "dataset": _dataset_card(cfg, ds, {k: len(v) for k, v in splits.items()}),
         "notes": cfg.notes,
     }
@@ -197,7 +200,7 @@ def fit_autoencoder(cfg: AnomalyConfig, ds: Dataset, splits: dict[str, list[Samp
     spec = InputSpec(size=ae.size, channels=1, mean=(0.0,), std=(1.0,))
     t0 = time.perf_counter()
     train = images.get("train_normal", splits["train_normal"], spec)
-    val_normal = [i for i, s in enumerate(splits["val"]) if s.label == "NORMAL"]
+    val_normal = [i for i, s in enumerate(splits["val"]) if s.label == cfg.normal_class]
     val = images.get("val", splits["val"], spec)
     model, history = train_autoencoder(train, ae, val_u8=val[val_normal], device=cfg.device, progress=progress, log=log)
     model = model.cpu()
@@ -298,7 +301,7 @@ def fit_feature_recon(cfg: AnomalyConfig, ds: Dataset, splits: dict[str, list[Sa
         err_maps = {s: det.error_maps(maps[s]) for s in ("val", "test") if s in maps}
         scores = {s: det.score_maps(e) for s, e in err_maps.items()}
         n_scored = sum(len(v) for v in scores.values())
-        val_normal = np.array([x.label == "NORMAL" for x in splits["val"]])
+        val_normal = np.array([x.label == cfg.normal_class for x in splits["val"]])
         # The error drawn at full colour on the maps: 99th percentile over healthy validation films' positions.
         map_scale = float(np.quantile(err_maps["val"][val_normal], 0.99)) if val_normal.any() else None
         err = "mean squared error" if kind == "inpaint" else "1 − cosine similarity"
@@ -372,6 +375,17 @@ def fit_ood(cfg: AnomalyConfig, ds: Dataset, splits: dict[str, list[Sample]], fe
     return entry
 
 
+def _normal_label(ds: Dataset, wanted: str | None) -> str:
+    """The label of healthy images: NORMAL in the Kermany layout, else ``wanted`` or a class named normal."""
+    if ds.layout == "kermany":
+        return "NORMAL"
+    found = normal_class(ds.tasks[ds.task], wanted)
+    if found is None:
+        raise ValueError(f"{ds.root} has no class named normal among {list(ds.tasks[ds.task])}: name the healthy "
+                         "class with --normal-class")
+    return found
+
+
 def run(cfg: AnomalyConfig, progress: Progress | None = None, log: Callable[[str], None] = print) -> list[Entry]:
     """Fit the requested detectors; returns the entries written."""
     if cfg.detector not in DETECTORS:
@@ -386,14 +400,15 @@ def run(cfg: AnomalyConfig, progress: Progress | None = None, log: Callable[[str
     if cfg.ae.loss not in AE_LOSSES:
         raise ValueError(f"--ae-loss must be one of {AE_LOSSES}")
     ds = with_validation_split(read_dataset(cfg.data), cfg.val_fraction, cfg.seed)
+    cfg = replace(cfg, normal_class=_normal_label(ds, cfg.normal_class))
     train = ds.split("train")
     splits = {
-        "train_normal": _cap([s for s in train if s.label == "NORMAL"], cfg.max_per_split, cfg.seed),
+        "train_normal": _cap([s for s in train if s.label == cfg.normal_class], cfg.max_per_split, cfg.seed),
         "val": _cap(ds.split("val"), cfg.max_per_split, cfg.seed),
         "test": _cap(ds.split("test"), cfg.max_per_split, cfg.seed),
     }
     if not splits["train_normal"]:
-        raise ValueError(f"{cfg.data} has no NORMAL training images to fit a healthy-only detector on")
+        raise ValueError(f"{cfg.data} has no {cfg.normal_class} training images to fit a healthy-only detector on")
     if not splits["val"]:
         raise ValueError(f"{cfg.data} has no validation images to choose a threshold on")
     images = _Images(ds, progress)
@@ -405,7 +420,7 @@ def run(cfg: AnomalyConfig, progress: Progress | None = None, log: Callable[[str
 
         taps |= set((cfg.ood_features or OOD_FEATURES).layers)
         # The guard asks "is this a CXR at all", so it learns from sick and healthy films alike.
-        sick = [s for s in train if s.label != "NORMAL"]
+        sick = [s for s in train if s.label != cfg.normal_class]
         splits["train_sick"] = _cap(sick, max(cfg.ood_max_train - len(splits["train_normal"]), 0), cfg.seed)
     features = _Features(images, taps, progress)
     made: list[Entry] = []
@@ -440,7 +455,7 @@ def parse_args(argv: list[str] | None = None) -> AnomalyConfig:
     a, f = AEConfig(), FeatureConfig()
     p = argparse.ArgumentParser(prog="python -m train.anomaly", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="dataset root in the Kaggle chest-xray-pneumonia layout")
+    p.add_argument("--data", required=True, help="dataset root: Kermany layout, class folders or a manifest.csv")
     p.add_argument("--out", default=None, help="registry root (default $CXR_REGISTRY or ./registry)")
     p.add_argument("--detector", choices=DETECTORS, default="all")
     p.add_argument("--val-fraction", type=float, default=0.1)
@@ -468,12 +483,19 @@ def parse_args(argv: list[str] | None = None) -> AnomalyConfig:
     p.add_argument("--recon-size", type=int, default=r.size)
     p.add_argument("--recon-layers", default=",".join(r.layers), help="EfficientNet-Lite blocks 1-4")
     p.add_argument("--recon-epochs", type=int, default=r.epochs)
+    p.add_argument("--recon-hidden", type=int, default=r.hidden, help="channels of the network (a multiple of 8)")
+    p.add_argument("--recon-bottleneck", type=int, default=r.bottleneck, help="distill: channels at stride 32")
+    p.add_argument("--recon-patch", type=int, default=r.patch, help="inpaint: side of the hidden patches")
+    p.add_argument("--recon-error-norm", action="store_true",
+                   help="divide each position's error by its healthy training mean before pooling")
     p.add_argument("--recon-pooling", choices=["mean", "top"], default=r.pooling)
     p.add_argument("--recon-top-fraction", type=float, default=r.top_fraction)
     p.add_argument("--ood-quantile", type=float, default=0.995)
     p.add_argument("--ood-margin", type=float, default=1.5, help="guard threshold = margin x the quantile")
     p.add_argument("--ood-max-train", type=int, default=1500)
     p.add_argument("--notes", default="")
+    p.add_argument("--normal-class", default=None,
+                   help="the healthy class detectors learn (default: NORMAL in the Kermany layout, else a class named normal)")
     ns = p.parse_args(argv)
     region = tuple(float(v) for v in ns.ae_region.split(","))
     if len(region) != 4:
@@ -488,8 +510,11 @@ def parse_args(argv: list[str] | None = None) -> AnomalyConfig:
         ae=ae, features=fc, feature_methods=tuple(x.strip() for x in ns.feature_methods.split(",") if x.strip()),
         recon_kinds=tuple(x.strip() for x in ns.recon_kinds.split(",") if x.strip()),
         recon=ReconConfig(size=ns.recon_size, layers=tuple(x.strip() for x in ns.recon_layers.split(",") if x.strip()),
-                          epochs=ns.recon_epochs, pooling=ns.recon_pooling, top_fraction=ns.recon_top_fraction),
+                          epochs=ns.recon_epochs, pooling=ns.recon_pooling, top_fraction=ns.recon_top_fraction,
+                          hidden=ns.recon_hidden, bottleneck=ns.recon_bottleneck, patch=ns.recon_patch,
+                          error_norm=ns.recon_error_norm),
         ood_quantile=ns.ood_quantile, ood_margin=ns.ood_margin, ood_max_train=ns.ood_max_train, notes=ns.notes,
+        normal_class=ns.normal_class,
     )
 
 

@@ -14,23 +14,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..archs import ARCH_SPECS, arch_spec
 from ..config import InputSpec
 from ..models import _unwrap
 from .explainer import Explainer
 from .methods import DEFAULT_METHOD
 from .targets import Target
 
-#: Top-down groups of modules re-initialised cumulatively, per architecture.
-RANDOMISATION_CASCADE: dict[str, tuple[tuple[str, ...], ...]] = {
-    **{
-        f"tf_efficientnet_lite{v}": (("classifier",), ("conv_head", "bn2"), ("blocks.6",), ("blocks.5",))
-        for v in (0, 1, 2)
-    },
-    "resnet18": (("fc",), ("layer4",), ("layer3",)),
-    "resnet50": (("fc",), ("layer4",), ("layer3",)),
-    "densenet121": (("classifier",), ("features.norm5", "features.denseblock4"), ("features.denseblock3",)),
-    "small_cnn": (("classifier",), ("features.3",), ("features.2",), ("features.1",)),
-}
+#: Top-down groups of modules re-initialised cumulatively, per architecture (each ArchSpec's ``randomisation``).
+RANDOMISATION_CASCADE: dict[str, tuple[tuple[str, ...], ...]] = {name: spec.randomisation for name, spec in ARCH_SPECS.items()}
 
 
 @dataclass
@@ -67,6 +59,7 @@ def cascading_randomisation(
     target: Target = None,
     stages: Sequence[Sequence[str]] | None = None,
     seed: int = 0,
+    classes: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, list[RandomisationStage]]:
     """Adebayo et al. (2018) model-parameter randomisation test, cascading from the top.
 
@@ -78,9 +71,9 @@ def cascading_randomisation(
     (scale kept, learned structure and sign destroyed); BatchNorm running statistics are kept.
     A map that explains the model must change when the model does.
     """
-    stages = stages if stages is not None else RANDOMISATION_CASCADE[architecture]
+    stages = stages if stages is not None else arch_spec(architecture).randomisation
     targets = [target] * len(images)
-    base = Explainer(model, architecture, task, spec, method=method)
+    base = Explainer(model, architecture, task, spec, method=method, classes=classes)
     trained = base.explain_batch(images, method, targets)
     # Same explainer, a second time: any nondeterminism in the method would show here.
     again = base.explain_batch(images, method, targets)
@@ -98,7 +91,7 @@ def cascading_randomisation(
                     scale = p.std() if p.numel() > 1 else p.abs()
                     p.copy_(torch.randn(p.shape, generator=gen) * scale)
         done.extend(group)
-        ex = Explainer(net, architecture, task, spec, method=method)
+        ex = Explainer(net, architecture, task, spec, method=method, classes=classes)
         rand = ex.explain_batch(images, method, targets)
         rho = np.array([_spearman(a.cam, b.cam) for a, b in zip(trained, rand, strict=True)])
         out.append(RandomisationStage(tuple(done), rho, sum(e.empty for e in rand)))

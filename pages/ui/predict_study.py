@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
+from cxr_core.config import task_title
 from cxr_core.imaging import DecodedImage
 from pages.ui.loaders import ood_guard, predictor
 from pages.ui.widgets import md_filename, predict_section
 
-_TITLES = {"binary": "Normal vs pneumonia", "multiclass": "Normal / bacterial / viral"}
 _PRED_CACHE = "study_predictions"
 #: Predictions kept per session (the worklist reopens studies): uploads stay in this session only.
 _PRED_CACHE_SIZE = 8
@@ -86,11 +86,8 @@ def render_predictions(pred: Any, flagged: bool) -> None:
         st.markdown(_GREY_CSS, unsafe_allow_html=True)
     box = st.container(key="predictions_flagged" if flagged else "predictions")
     with box:
-        for task, title in _TITLES.items():
-            res = pred.results.get(task)
-            if res is None:
-                continue
-            st.subheader(title)
+        for task, res in pred.results.items():  # the Predictor's order: binary, multiclass, then other tasks
+            st.subheader(task_title(task, list(res.as_dict)))
             st.metric("Prediction", res.label, f"{res.confidence:.1%} confidence", delta_color="off")
             for cls, p in res.as_dict.items():
                 st.progress(p, text=f"{cls}: {p:.1%}")
