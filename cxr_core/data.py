@@ -277,8 +277,15 @@ def _read_manifest_dataset(root_p: Path, name: str, task: str) -> Dataset:
 
 def _dataset_from_rows(root_p: Path, name: str, task: str, classes: tuple[str, ...],
                        rows: Sequence[tuple[str, str, str, str]], layout: str) -> Dataset:
-    """Samples from (relative path, split or "", class, patient id) rows; files that are not images are skipped."""
+    """Samples from (relative path, split or "", class, patient id) rows; files that are not images are skipped.
+
+    Samples are ordered by split, then file name: the order the Kermany reader gives its files
+    (NORMAL's ``IM-``/``NORMAL2-`` names sort before PNEUMONIA's ``person``), so the same files in
+    another layout are batched, augmented and split exactly alike.
+    """
     samples, skipped = [], []
+    order = {sp: i for i, sp in enumerate(SPLITS)}
+    rows = sorted(rows, key=lambda r: (order.get(r[1] or "train", 0), Path(r[0]).name, r[0]))
     for rel, split, cls, pid in rows:
         try:
             why = _probe(safe_join(root_p, rel))

@@ -30,7 +30,7 @@ def default_cam(decoded: DecodedImage, prediction: Any) -> tuple[Any, str] | Non
     from .predict_gradcam import _cached_cam
 
     results = getattr(prediction, "results", None) or {}
-    tasks = [t for t in ("binary", "multiclass") if t in results]
+    tasks = list(results)
     if not tasks:
         return None
     res = results[tasks[0]]

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import streamlit as st
 
+from cxr_core.config import task_title
 from cxr_core.explain.explainer import Explanation
 from cxr_core.explain.methods import METHOD_LABELS, METHODS
 from cxr_core.explain.overlay import COLORMAPS, cam_png, overlay
@@ -17,7 +18,6 @@ from cxr_core.models import gradcam_layer_choices
 from .loaders import explainer
 from .widgets import LAYER_HELP, METHOD_HELP
 
-_TASK_TITLES = {"binary": "Normal vs pneumonia", "multiclass": "Normal / bacterial / viral"}
 _CACHE_KEY = "gradcam_cache"
 #: CAMs kept per session (uploads stay in this session's memory only, never in a shared cache).
 _CACHE_SIZE = 12
@@ -38,7 +38,7 @@ def _cached_cam(key: tuple, compute: Any) -> Explanation:
 def render(decoded: DecodedImage, prediction: Any) -> None:
     """Grad-CAM for the prediction shown above: the predicted class by default, any class on request."""
     st.subheader("Why: class activation map")
-    tasks = [t for t in ("binary", "multiclass") if t in prediction.results]
+    tasks = list(prediction.results)  # the Predictor's order: binary, multiclass, then other tasks
     if not tasks:
         return
     digest = hashlib.sha1(decoded.array.tobytes()).hexdigest() + f"-{decoded.array.shape}"
@@ -91,7 +91,7 @@ def _controls(prediction: Any, tasks: list[str]) -> _Choice:
     """The row of selectors above the map: model, class, method, layer, colormap, opacity."""
     c_model, c_target, c_method, c_layer, c_cmap, c_alpha = st.columns([1.3, 1.2, 1, 1.3, 1, 1.3])
     task = c_model.selectbox(
-        "Model", tasks, format_func=lambda t: _TASK_TITLES.get(t, t), key="gradcam_task",
+        "Model", tasks, format_func=lambda t: task_title(t, list(prediction.results[t].classes)), key="gradcam_task",
         disabled=len(tasks) == 1,
     )
     res = prediction.results[task]
@@ -128,7 +128,7 @@ def _explanation(decoded: DecodedImage, prediction: Any, ch: _Choice, digest: st
 
 def _download(decoded: DecodedImage, res: Any, ch: _Choice, exp: Explanation) -> None:
     title = (
-        f"Prediction: {res.label} ({res.confidence:.1%}) · {_TASK_TITLES.get(ch.task, ch.task)}\n"
+        f"Prediction: {res.label} ({res.confidence:.1%}) · {task_title(ch.task, list(res.classes))}\n"
         f"{METHOD_LABELS[ch.method]} for {ch.target} · layer {exp.layer} · model {res.entry_id} · not for clinical use"
     )
     st.download_button(

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
+from cxr_core.config import task_title
 from cxr_core.imaging import DecodedImage
 from cxr_core.report import (
     N_NEIGHBORS,
@@ -32,8 +33,6 @@ from .loaders import (
 )
 from .widgets import clean_filename
 
-_TITLES = {"binary": "Normal vs pneumonia", "multiclass": "Normal / bacterial / viral"}
-
 
 def _entry(entry_id: str) -> Any:
     return next((s.entry() for s in entries() if s.id == entry_id and s.ok), None)
@@ -49,7 +48,8 @@ def study_cam(decoded: DecodedImage, prediction: Any) -> tuple[np.ndarray | None
     from cxr_core.explain.methods import DEFAULT_METHOD, METHOD_LABELS
     from cxr_core.explain.overlay import overlay
 
-    task = "multiclass" if "multiclass" in prediction.results else "binary"
+    # A multi-class model's map is the better "where" (docs/GRADCAM.md); the binary one only when it is alone.
+    task = next((t for t in prediction.results if t != "binary"), "binary")
     res = prediction.results.get(task)
     if res is None:
         return None, ""
@@ -57,7 +57,7 @@ def study_cam(decoded: DecodedImage, prediction: Any) -> tuple[np.ndarray | None
     feats = prediction.feature_maps.get(task, {}).get(ex.kept_layer) if ex.kept_layer else None
     exp = (ex.explain_features(decoded.array, feats, method=DEFAULT_METHOD, target=res.label) if feats is not None
            else ex.explain(decoded.array, method=DEFAULT_METHOD, target=res.label))
-    caption = f"{METHOD_LABELS[DEFAULT_METHOD]} for {res.label} ({_TITLES[task]} model, layer {exp.layer})."
+    caption = f"{METHOD_LABELS[DEFAULT_METHOD]} for {res.label} ({task_title(task, list(res.classes))} model, layer {exp.layer})."
     return overlay(decoded.array, exp.cam, 0.4, "jet"), caption
 
 
@@ -84,11 +84,8 @@ def study_report(decoded: DecodedImage, prediction: Any) -> StudyReport:
 
 def _predictions(prediction: Any, models: list[ReportModel]) -> list[ReportPrediction]:
     preds = []
-    for task in ("binary", "multiclass"):
-        res = prediction.results.get(task)
-        if res is None:
-            continue
-        preds.append(ReportPrediction(_TITLES[task], res.label, res.as_dict, res.entry_id,
+    for task, res in prediction.results.items():
+        preds.append(ReportPrediction(task_title(task, list(res.classes)), res.label, res.as_dict, res.entry_id,
                                       res.threshold if task == "binary" else None))
         if (e := _entry(res.entry_id)) is not None:
             models.append(_model(e, f"{task} classifier"))

@@ -34,3 +34,5 @@ def test_predict_shows_the_four_class_model(four_class_app, page) -> None:
     expect(metric).to_have_count(1)
     assert metric.locator("[data-testid='stMetricValue']").inner_text().strip() in CLASSES
     expect(page.get_by_role("heading", name=re.compile("class activation map"))).to_have_count(1)
+    caption = page.locator("[data-testid='stImageCaption']").filter(has_text=re.compile(r"^HiResCAM for .+ · layer"))
+    expect(caption, "no class activation map for the four-class model").to_have_count(1)
