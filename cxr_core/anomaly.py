@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import AugmentConfig, InputSpec
+from .models import create_model, model_stages
 from .preprocess import augment, normalize, to_float
 from .progress import StepProgress as Progress
 from .registry import Entry, EntryStatus
@@ -480,7 +481,6 @@ def autoencoder_from_card(card: dict[str, Any], weights: dict[str, torch.Tensor]
 # pretrained-feature detectors
 
 #: Feature taps of timm's EfficientNet-Lite: block indices 0-6 and "head" (after conv_head).
-FEATURE_TAPS: tuple[str, ...] = ("0", "1", "2", "3", "4", "5", "6", "head")
 DEFAULT_LAYERS: tuple[str, ...] = ("3", "4", "5", "6")
 FEATURE_METHODS = ("mahalanobis", "knn")
 
@@ -515,13 +515,12 @@ class FeatureBackbone:
     """A frozen ImageNet-pretrained backbone that returns pooled features from several blocks."""
 
     def __init__(self, architecture: str = "tf_efficientnet_lite0", device: str | torch.device = "cpu"):
-        from .models import create_model
-
-        if not architecture.startswith("tf_efficientnet_lite"):
-            raise ValueError(f"feature taps are defined for EfficientNet-Lite backbones, not {architecture!r}")
         model, info = create_model(architecture, 1000, pretrained=True)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
+        # Taps are the architecture's stages ("0", "1", ...) and "head", the modules after them (its ArchSpec).
+        self.stem, self.stages, self.post = model_stages(self.model, architecture)
+        self.taps: tuple[str, ...] = (*(str(i) for i in range(len(self.stages))), *(("head",) if self.post else ()))
         self.architecture = architecture
         self.mean, self.std = info.mean, info.std
         self.source = info.pretrained_source
@@ -540,11 +539,10 @@ class FeatureBackbone:
         The mean half alone is the "mean" pooling, so one pass serves every detector
         (and the OOD guard) whatever their pooling.
         """
-        m = self.model
         wanted = set(layers)
-        bad = wanted - set(FEATURE_TAPS)
+        bad = wanted - set(self.taps)
         if bad:
-            raise ValueError(f"unknown feature taps {sorted(bad)}; expected some of {FEATURE_TAPS}")
+            raise ValueError(f"unknown feature taps {sorted(bad)}; expected some of {self.taps}")
         arr = _writable(images_u8)
         key = None
         if len(arr) == 1:
@@ -555,8 +553,8 @@ class FeatureBackbone:
                 hit = self._memo.get(key)
             if hit is not None:
                 return {k: hit[k] for k in layers}
-            wanted = set(FEATURE_TAPS)
-        last_block = len(m.blocks) - 1 if "head" in wanted else max(int(x) for x in wanted)
+            wanted = set(self.taps)
+        last_block = len(self.stages) - 1 if "head" in wanted else max(int(x) for x in wanted)
         spec = self.spec(arr.shape[-1])
         out: dict[str, list[torch.Tensor]] = {k: [] for k in wanted}
 
@@ -566,13 +564,17 @@ class FeatureBackbone:
 
         for i in range(0, len(arr), batch_size):
             x = normalize(to_float(torch.from_numpy(arr[i : i + batch_size]).to(self.device)), spec)
-            h = m.bn1(m.conv_stem(x.contiguous(memory_format=torch.channels_last)))
+            h = x.contiguous(memory_format=torch.channels_last)
+            for mod in self.stem:
+                h = mod(h)
             for bi in range(last_block + 1):
-                h = m.blocks[bi](h)
+                h = self.stages[bi](h)
                 if str(bi) in wanted:
                     out[str(bi)].append(pool(h).cpu())
             if "head" in wanted:
-                out["head"].append(pool(m.bn2(m.conv_head(h))).cpu())
+                for mod in self.post:
+                    h = mod(h)
+                out["head"].append(pool(h).cpu())
             if progress:
                 progress(min(i + batch_size, len(arr)), len(arr))
         res = {k: torch.cat(v).numpy() for k, v in out.items()}

@@ -101,3 +101,20 @@ def reliability(probs: np.ndarray, y: np.ndarray, n_bins: int = 10) -> dict[str,
         out["accuracy"].append(float(correct[m].mean()) if m.any() else None)
         out["count"].append(int(m.sum()))
     return out
+
+
+def reliability_by_split(probs: np.ndarray, targets: np.ndarray, splits: np.ndarray, task: str, temperature: float,
+                         wanted: tuple[str, ...] = ("val", "test")) -> dict[str, dict[str, dict[str, list]]]:
+    """Per split, the reliability diagram of the raw and the temperature-scaled probabilities.
+
+    For cards written before training stored the diagrams: the embedding index keeps every image's
+    probabilities, target and split, which is all the diagram needs.
+    """
+    out = {}
+    for split in wanted:
+        rows = np.asarray(splits) == split
+        if rows.any():
+            p, y = np.asarray(probs)[rows], np.asarray(targets)[rows]
+            out[split] = {"raw": reliability(p, y), "calibrated": reliability(apply_temperature(p, task, temperature), y)}
+    return out
+

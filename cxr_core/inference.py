@@ -41,6 +41,15 @@ class LoadedClassifier:
     def architecture(self) -> str:
         return str(self.entry.card.get("architecture"))
 
+    def temperature(self, tta: int = 1) -> float:
+        """The card's validation-fitted temperature for ``tta`` views (1.0 without calibration)."""
+        card = self.entry.info
+        return card.temperature(tta) if isinstance(card, ClassifierCard) else 1.0
+
+    @property
+    def threshold_source(self) -> str | None:
+        return self.entry.card.get("threshold_source")
+
 
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":

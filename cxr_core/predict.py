@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .calibration import apply_temperature, calibrated_threshold
 from .config import ordered_tasks
 from .inference import LoadedClassifier, infer, load_classifier
 from .metrics import predicted_class
@@ -30,15 +31,32 @@ class TaskResult:
     task: str
     entry_id: str
     classes: list[str]
-    probs: list[float]
+    probs: list[float]  # the network's probabilities (what the index stores and decisions use)
     label: str
-    confidence: float
-    threshold: float
+    confidence: float  # the label's shown (calibrated) probability
+    threshold: float  # on the network's P(positive) (binary)
     tta: int
+    #: The card's validation-fitted temperature for ``tta`` views (1.0: a card without calibration).
+    temperature: float = 1.0
+    #: Which stored operating point ``threshold`` is ("default", "youden_val", "sens95_val", "argmax").
+    threshold_source: str | None = None
+
+    @property
+    def shown(self) -> list[float]:
+        """The probabilities the app shows: temperature-scaled (same ranking and decisions as ``probs``)."""
+        if self.temperature == 1.0:
+            return list(self.probs)
+        return [float(v) for v in apply_temperature(np.asarray([self.probs]), self.task, self.temperature)[0]]
+
+    @property
+    def shown_threshold(self) -> float:
+        """``threshold`` on the shown (calibrated) scale: the same decisions."""
+        return calibrated_threshold(self.threshold, self.temperature) if self.temperature != 1.0 else self.threshold
 
     @property
     def as_dict(self) -> dict[str, float]:
-        return dict(zip(self.classes, self.probs, strict=True))
+        """Class → shown probability."""
+        return dict(zip(self.classes, self.shown, strict=True))
 
 
 @dataclass
@@ -60,6 +78,16 @@ def decide(task: str, classes: list[str], probs: np.ndarray, threshold: float) -
     """The label shown for ``probs``: the binary task uses the card's threshold on P(pneumonia)."""
     idx = int(predicted_class(task, np.asarray(probs)[None], threshold)[0])
     return classes[idx], float(probs[idx])
+
+
+def task_result(clf: LoadedClassifier, probs: np.ndarray, tta: int) -> TaskResult:
+    """One classifier's answer for one image: the label from the network's probabilities and the card's
+    threshold, shown with the card's temperature."""
+    label, _ = decide(clf.task, clf.classes, probs, clf.threshold)
+    res = TaskResult(clf.task, clf.entry.id, clf.classes, [float(p) for p in probs], label, 0.0, clf.threshold, tta,
+                     clf.temperature(tta), clf.threshold_source)
+    res.confidence = res.shown[clf.classes.index(label)]
+    return res
 
 
 def _cam_layers(clf: LoadedClassifier) -> list[str]:
@@ -204,8 +232,7 @@ class Predictor:
                                    architecture=clf.architecture)
                 feature_maps[task] = {name: v[0] for name, v in sinks.items() if v}
                 t2 = time.perf_counter()
-            label, conf = decide(task, clf.classes, probs[0], clf.threshold)
-            results[task] = TaskResult(task, clf.entry.id, clf.classes, [float(p) for p in probs[0]], label, conf, clf.threshold, tta)
+            results[task] = task_result(clf, probs[0], tta)
             if task not in shared:
                 timings[f"preprocess_{task}"] = t1 - t0
                 timings[f"classify_{task}"] = t2 - t1
@@ -256,9 +283,7 @@ class Predictor:
             embedding, emb_entry = None, None
             for task, clf in self.classifiers.items():
                 p = all_probs[task][i]
-                label, conf = decide(task, clf.classes, p, clf.threshold)
-                results[task] = TaskResult(task, clf.entry.id, clf.classes, [float(v) for v in p], label, conf,
-                                           clf.threshold, 1)
+                results[task] = task_result(clf, p, 1)
                 if clf is emb_model and all_embs[task].shape[1]:
                     v = all_embs[task][i].astype(np.float32)
                     embedding, emb_entry = v / max(float(np.linalg.norm(v)), 1e-12), clf.entry.id

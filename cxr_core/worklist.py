@@ -288,7 +288,7 @@ class WorklistProcessor:
             b = pred.results.get("binary")
             m = pred.results.get("multiclass") or next((r for t, r in pred.results.items() if t != "binary"), None)
             if b is not None:
-                row.p_pneumonia = float(b.probs[1])
+                row.p_pneumonia = float(b.shown[1])  # calibrated, as the Predict page shows it
                 row.binary_label = b.label
             if m is not None:
                 row.label3, row.prob3 = m.label, float(m.confidence)

@@ -10,10 +10,11 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+from cxr_core.calibration import reliability_by_split
 from cxr_core.cards import OPERATING_POINT_LABELS, MetricKey
 from cxr_core.config import ordered_tasks
 from pages.ui.frame import page_frame
-from pages.ui.loaders import dataset_image_sizes, entries, is_synthetic, registry_path
+from pages.ui.loaders import dataset_image_sizes, entries, is_synthetic, reference_set, registry_path
 
 page_frame("Models & data")
 
@@ -167,6 +168,37 @@ if curves:
     fig.update_layout(xaxis_title="1 − specificity (false-positive rate)", yaxis_title="sensitivity (true-positive rate)",
                       height=420, margin={"l": 10, "r": 10, "t": 10, "b": 10})
     st.plotly_chart(fig, width="stretch", key="roc_fig")
+
+def reliability_figure(diagrams: dict) -> go.Figure:
+    """Accuracy against confidence per bin, raw and temperature-scaled, per split (the card's ``reliability``)."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="perfect"))
+    for split, d in diagrams.items():
+        for kind, dash in (("raw", "dot"), ("calibrated", "solid")):
+            pts = d.get(kind) or {}
+            xs = [c for c, n in zip(pts.get("confidence", []), pts.get("count", []), strict=False) if n]
+            ys = [a for a, n in zip(pts.get("accuracy", []), pts.get("count", []), strict=False) if n]
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", line={"dash": dash}, name=f"{split} {kind}"))
+    fig.update_layout(xaxis_title="confidence (top class)", yaxis_title="accuracy", height=380,
+                      margin={"l": 10, "r": 10, "t": 10, "b": 10}, xaxis_range=[0, 1], yaxis_range=[0, 1])
+    return fig
+
+
+calibration = card.get("calibration") or {}
+diagrams = calibration.get("reliability")
+if not diagrams and kind == "classifier" and calibration and (ref := reference_set(by_label[choice].id)) is not None:
+    diagrams = reliability_by_split(ref.probs, ref.targets, ref.splits, str(task), float(calibration.get("temperature", 1.0)))
+if diagrams:
+    st.header("Calibration")
+    test = metrics.get("test") or {}
+    st.caption(
+        f"Temperature scaling fitted on validation: T = {calibration.get('temperature', 1.0):.3f} "
+        f"(the app shows softmax(logits / T); decisions do not change). Test ECE "
+        f"{test.get('ece', float('nan')):.3f} raw → {test.get('ece_calibrated', float('nan')):.3f} calibrated."
+    )
+    st.plotly_chart(reliability_figure(diagrams), width="stretch", key="reliability_fig")
+    if not calibration.get("reliability"):
+        st.caption("Drawn from the embedding index's stored probabilities (this card predates stored diagrams).")
 
 history = train.get("history") or []
 if history:

@@ -25,7 +25,7 @@ def reference_prediction(registry: Path, image: Path, tta: int = 1) -> dict[str,
     decoded = decode_image(image.read_bytes(), filename=image.name, limits=DecodeLimits())
     pred = Predictor.from_registry(str(registry)).predict(decoded.array, tta=tta)
     return {
-        task: (res.label, {c: 100.0 * float(p) for c, p in zip(res.classes, res.probs, strict=True)})
+        task: (res.label, {c: 100.0 * float(p) for c, p in res.as_dict.items()})  # shown: temperature-scaled
         for task, res in pred.results.items()
     }
 

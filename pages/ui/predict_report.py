@@ -86,7 +86,7 @@ def _predictions(prediction: Any, models: list[ReportModel]) -> list[ReportPredi
     preds = []
     for task, res in prediction.results.items():
         preds.append(ReportPrediction(task_title(task, list(res.classes)), res.label, res.as_dict, res.entry_id,
-                                      res.threshold if task == "binary" else None))
+                                      res.shown_threshold if task == "binary" else None))
         if (e := _entry(res.entry_id)) is not None:
             models.append(_model(e, f"{task} classifier"))
     return preds

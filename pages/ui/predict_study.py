@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
+from cxr_core.cards import OPERATING_POINT_LABELS
 from cxr_core.config import task_title
 from cxr_core.imaging import DecodedImage
 from pages.ui.loaders import ood_guard, predictor
@@ -80,6 +81,19 @@ def render_verdict(res: Any) -> None:
                    "(`python -m train.anomaly --detector ood`).")
 
 
+def decision_caption(res: Any) -> str:
+    """How the shown label was decided, and how the shown probabilities were calibrated."""
+    parts = []
+    if res.task == "binary":
+        source = OPERATING_POINT_LABELS.get(res.threshold_source or "default", res.threshold_source)
+        parts.append(f"Threshold on P(pneumonia): {res.shown_threshold:.2f} ({source})")
+    else:
+        parts.append("The most probable class")
+    if res.temperature != 1.0:
+        parts.append(f"probabilities temperature-scaled on validation (T = {res.temperature:.2f})")
+    return " · ".join(parts) + f" · model `{res.entry_id}`"
+
+
 def render_predictions(pred: Any, flagged: bool) -> None:
     """Label and probabilities per model; greyed, with the reason above, when the guard flagged the image."""
     if flagged:
@@ -91,10 +105,7 @@ def render_predictions(pred: Any, flagged: bool) -> None:
             st.metric("Prediction", res.label, f"{res.confidence:.1%} confidence", delta_color="off")
             for cls, p in res.as_dict.items():
                 st.progress(p, text=f"{cls}: {p:.1%}")
-            if task == "binary":
-                st.caption(f"Threshold on P(pneumonia): {res.threshold:.2f} · model `{res.entry_id}`")
-            else:
-                st.caption(f"model `{res.entry_id}`")
+            st.caption(decision_caption(res))
         if flagged:
             st.caption("Greyed: the chest X-ray check above flags this image.")
 
