@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import InputSpec
+from .models import model_stages
 from .preprocess import normalize, to_float
 
 Progress = Callable[[int, int], None]
@@ -119,8 +120,10 @@ def extract_maps(
     *,
     batch_size: int = 32,
     progress: Progress | None = None,
+    architecture: str = "tf_efficientnet_lite0",
 ) -> np.ndarray:
-    """(N, C, G, G) float32 feature maps of a timm EfficientNet-Lite for prepared uint8 images (N, S, S).
+    """(N, C, G, G) float32 feature maps of the stages ``layers`` of ``model`` (an ``architecture``,
+    its stages as its ArchSpec names them) for prepared uint8 images (N, S, S).
 
     Blocks at strides finer than 16 are average-pooled onto the stride-16 grid; the
     blocks' channels are concatenated in ``layers`` order.
@@ -128,13 +131,16 @@ def extract_maps(
     arr = images_u8 if images_u8.flags.writeable else np.array(images_u8)
     g = grid_size(arr.shape[-1])
     want = [int(x) for x in layers]
+    stem, stages, _ = model_stages(model, architecture)
     out = []
     for i in range(0, len(arr), batch_size):
         x = normalize(to_float(torch.from_numpy(np.ascontiguousarray(arr[i : i + batch_size]))), spec)
-        h = model.bn1(model.conv_stem(x))
+        h = x
+        for mod in stem:
+            h = mod(h)
         taps = []
         for bi in range(max(want) + 1):
-            h = model.blocks[bi](h)
+            h = stages[bi](h)
             if bi in want:
                 taps.append(F.adaptive_avg_pool2d(h, g) if h.shape[-1] != g else h)
         out.append(torch.cat(taps, 1).float())
