@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, default=60)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--pooling", default="mean")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--bottleneck", type=int, default=32)
+    p.add_argument("--error-norm", action="store_true")
     p.add_argument("--tolerance", type=int, default=15, help="px at 224-px scale")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="append the result as one JSON line to this file")
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     bb = shared_backbone("tf_efficientnet_lite0")
     spec = bb.spec(ns.size)
     cfg = ReconConfig(kind=ns.kind, size=ns.size, layers=tuple(ns.layers.split(",")), epochs=ns.epochs,
-                      pooling=ns.pooling)
+                      pooling=ns.pooling, hidden=ns.hidden, bottleneck=ns.bottleneck, error_norm=ns.error_norm)
     train_u8, _ = phantoms("normal", range(ns.n_train), ns.size)
     det, _ = train_recon(cfg, extract_maps(bb.model, train_u8, spec, cfg.layers))
     test = {st: phantoms(st, range(10_000, 10_000 + ns.n_test), ns.size) for st in ("normal", "bacteria", "virus")}

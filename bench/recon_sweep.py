@@ -104,7 +104,7 @@ def evaluate(cfg: ReconConfig, data: dict[str, Any], poolings: list[tuple[str, f
 
 def table(path: str) -> str:
     """Every recorded configuration as a markdown table (val and test side by side), in run order."""
-    lines = ["| # | network | px | blocks | hidden | patch | epochs | pooling | val AUROC | test AUROC | test AUPR "
+    lines = ["| # | network | px | blocks | hidden | patch / bottleneck | epochs | pooling | val AUROC | test AUROC | test AUPR "
              "| test sens / spec at val Youden | train s | recon ms/img | command |",
              "|---:|---|---:|---|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---|"]
     for i, line in enumerate(open(path), 1):
@@ -114,7 +114,7 @@ def table(path: str) -> str:
             " ÷ healthy error" if c.get("error_norm") else "")
         lines.append(
             f"| {i} | {c['kind']} | {c['size']} | {','.join(c['layers'])} | {c['hidden']} | "
-            f"{c['patch'] if c['kind'] == 'inpaint' else '—'} | {c['epochs']} | {pool} | {r['val_auroc']:.3f} | "
+            f"{c['patch'] if c['kind'] == 'inpaint' else c['bottleneck']} | {c['epochs']} | {pool} | {r['val_auroc']:.3f} | "
             f"{r['test_auroc']:.3f} | {r['test_aupr']:.3f} | {r['test_sensitivity']:.3f} / {r['test_specificity']:.3f} | "
             f"{r['seconds_train']:.0f} | {r['ms_per_image_recon']:.1f} | `{r['command']}` |")
     return "\n".join(lines)
