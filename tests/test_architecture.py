@@ -105,3 +105,48 @@ def test_every_arch_spec_names_layers_its_network_has(name: str) -> None:
     if spec.stages is not None:
         stem, stages, post = named_stages(spec, model)
         assert [n for n, _ in [*stem, *stages, *post]] == [n for n, _ in steps]
+
+
+def test_a_new_architecture_is_one_table_entry(monkeypatch) -> None:
+    """Register timm's mobilenetv2_050 with one ArchSpec: building, stages, CAM layers, frozen-trunk
+    training splits and feature taps all work without touching any other module."""
+    from functools import partial
+
+    import numpy as np
+    import torch
+
+    from cxr_core.archs import ArchSpec, _timm
+    from cxr_core.config import InputSpec
+    from cxr_core.explain import Explainer
+    from cxr_core.models import (
+        create_model,
+        default_cam_layer,
+        feature_steps,
+        gradcam_layer_choices,
+        model_stages,
+    )
+    from cxr_core.training import split_model
+
+    spec = ArchSpec(
+        name="mobilenetv2_050", build=partial(_timm, "mobilenetv2_050"), load_imagenet=None,
+        imagenet_norm=((0.5,) * 3, (0.5,) * 3), stem=("conv_stem", "bn1"), stages=("blocks.*",),
+        post=("conv_head", "bn2"), final_layer="bn2", fine_layer="blocks.5",
+        randomisation=(("classifier",), ("conv_head", "bn2"), ("blocks.6",)),
+    )
+    monkeypatch.setitem(ARCH_SPECS, spec.name, spec)
+    model, info = create_model(spec.name, 3)
+    assert info.architecture == spec.name and default_cam_layer(spec.name, "hirescam") == "blocks.5"
+    assert "stride 16 (blocks.5)" in gradcam_layer_choices(spec.name)
+    x = torch.zeros(1, 3, 64, 64)
+    with torch.no_grad():
+        h = x
+        for _, mod in feature_steps(model, spec.name):
+            h = mod(h)
+        assert torch.allclose(h, model.forward_features(x))
+        trunk, tail = split_model(model.eval(), spec.name, 4)
+        assert torch.allclose(tail(trunk(x)), model(x), atol=1e-5)
+    cam = Explainer(model, spec.name, "multiclass", InputSpec(size=64)).explain(np.full((64, 64), 128, np.uint8))
+    assert cam.cam.shape == (64, 64)
+    # The anomaly detectors' feature taps are the stages model_stages gives (FeatureBackbone, feature_recon).
+    stem, stages, post = model_stages(model, spec.name)
+    assert len(stem) == 2 and len(stages) == 7 and len(post) == 2
