@@ -39,8 +39,7 @@ from torch import nn
 from .config import InputSpec
 from .models import model_stages
 from .preprocess import normalize, to_float
-
-Progress = Callable[[int, int], None]
+from .progress import StepProgress as Progress
 
 #: Network kinds this module trains.
 RECON_KINDS: tuple[str, ...] = ("inpaint", "distill")
