@@ -85,7 +85,8 @@ def test_detector_flags_local_anomalies_and_points_at_them(kind):
     normal = _fields(40, seed=5)
     sick, masks = _with_lesion(_fields(40, seed=6))
     cfg = ReconConfig(kind=kind, size=128, layers=("2", "3"), hidden=32, bottleneck=8, epochs=15, batch_size=16,
-                      lr=3e-3, region=(0.0, 1.0, 0.0, 1.0), pooling="top", top_fraction=0.1)
+                      lr=3e-3, region=(0.0, 1.0, 0.0, 1.0), pooling="top", top_fraction=0.1,
+                      error_norm=False)
     det, history = train_recon(cfg, train)
     assert len(history) == 15 and history[-1]["loss"] < history[0]["loss"]
     e_normal, e_sick = det.error_maps(normal), det.error_maps(sick)

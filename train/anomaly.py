@@ -66,7 +66,7 @@ class AnomalyConfig:
     feature_methods: tuple[str, ...] = ("mahalanobis", "knn")
     features: FeatureConfig = field(default_factory=FeatureConfig)
     #: Feature reconstruction detectors fitted by ``--detector recon`` (and ``all``).
-    recon_kinds: tuple[str, ...] = ("inpaint",)
+    recon_kinds: tuple[str, ...] = ("distill",)
     recon: ReconConfig = field(default_factory=ReconConfig)
     ood_quantile: float = 0.995
     ood_margin: float = 1.5
@@ -486,7 +486,7 @@ def parse_args(argv: list[str] | None = None) -> AnomalyConfig:
     p.add_argument("--recon-hidden", type=int, default=r.hidden, help="channels of the network (a multiple of 8)")
     p.add_argument("--recon-bottleneck", type=int, default=r.bottleneck, help="distill: channels at stride 32")
     p.add_argument("--recon-patch", type=int, default=r.patch, help="inpaint: side of the hidden patches")
-    p.add_argument("--recon-error-norm", action="store_true",
+    p.add_argument("--recon-error-norm", action=argparse.BooleanOptionalAction, default=r.error_norm,
                    help="divide each position's error by its healthy training mean before pooling")
     p.add_argument("--recon-pooling", choices=["mean", "top"], default=r.pooling)
     p.add_argument("--recon-top-fraction", type=float, default=r.top_fraction)
