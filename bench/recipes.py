@@ -22,6 +22,8 @@ import hashlib
 import json
 import math
 import os
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -169,8 +171,12 @@ def hirescam(frozen_rest: torch.nn.Module, tail: torch.nn.Module, maps: torch.Te
 # --- tail training ----------------------------------------------------------------------------
 
 
-def train_tail(task: str, arch: str, cut: int, maps: dict[str, torch.Tensor], targets: dict[str, np.ndarray], args: Any) -> dict[str, Any]:
-    """Train stages ``cut``.. and the head on the stride-16 maps (frozen stages 5..cut-1 applied first); figures."""
+def train_tail(task: str, arch: str, cut: int, maps: dict[str, torch.Tensor], targets: dict[str, np.ndarray], args: Any,
+               tail_seed: int | None = None) -> dict[str, Any]:
+    """Train stages ``cut``.. and the head on the stride-16 maps (frozen stages 5..cut-1 applied first); figures.
+
+    ``tail_seed`` (default ``args.seed``) seeds only the tail's head initialisation, batch order and view draws: the
+    validation split and the cached maps stay those of ``args.seed``, so seed repeats cost no backbone pass."""
     from cxr_core.calibration import fit_temperature
     from cxr_core.config import TASK_CLASSES
     from cxr_core.lung_focus import LUNG_BOX, box_on_input, focus_films, lung_focus
@@ -185,7 +191,8 @@ def train_tail(task: str, arch: str, cut: int, maps: dict[str, torch.Tensor], ta
         split_model,
     )
 
-    torch.manual_seed(args.seed)
+    tail_seed = args.seed if tail_seed is None else tail_seed
+    torch.manual_seed(tail_seed)
     classes = TASK_CLASSES[task]
     model, _ = create_model(arch, num_outputs_for(task), pretrained=True)
     model = model.to(memory_format=torch.channels_last)
@@ -207,8 +214,8 @@ def train_tail(task: str, arch: str, cut: int, maps: dict[str, torch.Tensor], ta
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup=warm, total=total, steps_per_epoch=spe, schedule="cosine", gamma=0.9))
     weights = class_weights(y, len(classes))
     yt = torch.from_numpy(y)
-    rng = np.random.default_rng(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
+    rng = np.random.default_rng(tail_seed)
+    gen = torch.Generator().manual_seed(tail_seed)
 
     @torch.no_grad()
     def logits_of(s: str, n_views: int) -> np.ndarray:
@@ -320,6 +327,36 @@ def probe(maps: dict[str, torch.Tensor], arch: str, targets: dict[str, dict[str,
     return lines
 
 
+def shift_probe(maps: dict[str, torch.Tensor], arrays: dict[str, np.ndarray], binary: dict[str, np.ndarray]) -> list[str]:
+    """How far the official test films sit from the training films, per class (no model choice rests on it).
+
+    Domain AUROC: 5-fold cross-validated logistic regression telling films of ``train/`` (the train and validation
+    splits) from official test films of the same class, on the pooled frozen stride-16 features (mean and standard
+    deviation over space, plain view). 0.5 = indistinguishable. Also the films' mean grey level and contrast."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import cross_val_predict
+
+    def pooled(m: torch.Tensor) -> np.ndarray:
+        f = m[:, 0].float()
+        return torch.cat([f.mean((2, 3)), f.std((2, 3))], 1).numpy()
+
+    feats = {s: pooled(m) for s, m in maps.items()}
+    lines = []
+    for c, name in ((0, "normal"), (1, "pneumonia")):
+        a = np.concatenate([feats[s][binary[s] == c] for s in ("train", "val")])
+        b = feats["test"][binary["test"] == c]
+        X, y = np.concatenate([a, b]), np.r_[np.zeros(len(a)), np.ones(len(b))]
+        X = (X - X.mean(0)) / (X.std(0) + 1e-6)
+        p = cross_val_predict(LogisticRegression(C=0.01, max_iter=500, class_weight="balanced"), X, y, cv=5, method="predict_proba")[:, 1]
+        img_a = np.concatenate([arrays[s][binary[s] == c] for s in ("train", "val")]).astype(np.float32)
+        img_b = arrays["test"][binary["test"] == c].astype(np.float32)
+        stat = {k: (v.mean((1, 2)), v.std((1, 2))) for k, v in (("train/", img_a), ("test/", img_b))}
+        lines.append(f"shift {name}: train/ {len(a)} vs test {len(b)} films: domain AUROC {roc_auc_score(y, p):.3f}; "
+                     + "; ".join(f"{k} grey {m.mean():.1f}±{m.std():.1f} contrast {sd.mean():.1f}±{sd.std():.1f}" for k, (m, sd) in stat.items()))
+    return lines
+
+
 def summary(r: dict[str, Any], tta: int) -> str:
     def b(m: dict[str, Any]) -> str:
         if r["task"] == "binary":
@@ -359,14 +396,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--label-smoothing", type=float, default=0.1)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="validation split, augmented views of the cache, and the tail's seed")
+    ap.add_argument("--tail-seeds", type=int, nargs="*", default=None,
+                    help="seed repeats of the tail only (same split and cached maps as --seed; default: --seed)")
     ap.add_argument("--probe", action="store_true")
+    ap.add_argument("--shift-probe", action="store_true", help="how far test films sit from train/ films, per class (see shift_probe)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default="registry-research/_features")
     ap.add_argument("--json", default=None, help="append one JSON line per result here")
     ap.add_argument("--save-cams", action="store_true")
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
+    command = " ".join(["python -m bench.recipes", *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))])
     torch.set_num_threads(args.threads)
     cache = Path(args.cache)
     _, info = create_model(args.arch, 1, pretrained=False)
@@ -384,17 +425,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe:
         for line in probe(maps, args.arch, targets):
             _log(line)
-    for cut in args.cuts:
-        for task in args.tasks:
-            r = train_tail(task, args.arch, cut, maps, targets[task], args)
-            r.update(size=args.size, clahe=args.clahe, crop=args.crop_fraction, views=args.views, strong_augment=args.strong_augment,
-                     epochs=args.epochs, lr=args.lr, label_smoothing=args.label_smoothing, seconds_maps=t_maps, seed=args.seed)
-            print(summary(r, args.tta), flush=True)
-            if args.json:
-                keep = {k: v for k, v in r.items() if not k.endswith(":probs")}
-                probs = {k: v.tolist() for k, v in r.items() if k.endswith(":probs")}
-                with open(args.json, "a") as fh:
-                    fh.write(json.dumps({**keep, "probs": probs}, default=float) + "\n")
+    if args.shift_probe:
+        for line in shift_probe(maps, arrays, {s: np.array([x.target("binary") for x in v]) for s, v in samples.items()}):
+            _log(line)
+    for cut, tail_seed, task in ((c, s, t) for c in args.cuts for s in (args.tail_seeds or [args.seed]) for t in args.tasks):
+        r = train_tail(task, args.arch, cut, maps, targets[task], args, tail_seed)
+        r.update(size=args.size, clahe=args.clahe, crop=args.crop_fraction, views=args.views, strong_augment=args.strong_augment,
+                 epochs=args.epochs, lr=args.lr, label_smoothing=args.label_smoothing, seconds_maps=t_maps, seed=tail_seed,
+                 split_seed=args.seed, tta=args.tta, threads=args.threads, command=command)
+        print(summary(r, args.tta), flush=True)
+        if args.json:
+            keep = {k: v for k, v in r.items() if not k.endswith(":probs")}
+            probs = {k: v.tolist() for k, v in r.items() if k.endswith(":probs")}
+            with open(args.json, "a") as fh:
+                fh.write(json.dumps({**keep, "probs": probs}, default=float) + "\n")
     return 0
 
 

@@ -6,7 +6,10 @@
 Every classifier entry of every root becomes a section: the command that reproduces it,
 device, seconds, epochs, images/s, and its test metrics plain, with TTA and at the
 threshold chosen on validation (Youden). Entries trained on synthetic phantoms are marked
-as such; broken entries are listed with their reason.
+as such; broken entries are listed with their reason. ``--levers`` / ``--ensembles`` add the
+lever screen (with the seed spread) and the ensemble table; a hand-written block of the
+previous output between ``<!-- notes: hand-written, kept by train.results -->`` and
+``<!-- /notes -->`` is kept.
 """
 
 from __future__ import annotations
@@ -305,19 +308,24 @@ def recipe_table(roots: list[Path]) -> list[str]:
                          "plain probabilities):", "", *status] if status else [])
 
 
-def lever_table(path: Path) -> list[str]:
-    """The lever screen of ``python -m bench.recipes --json FILE``: one row per (recipe, task) result line."""
+def _lever_name(r: dict[str, Any], seed: bool = True) -> str:
+    return (f"{r['arch'].replace('tf_efficientnet_', '')} {r['size']} px · freeze {r['cut']} · {r['views']} views"
+            + (" · strong aug" if r.get("strong_augment") else "") + (" · CLAHE" if r.get("clahe") else "")
+            + (f" · crop {r['crop']}" if r.get("crop", 1.0) != 1.0 else "") + (f" · seed {r.get('seed', 0)}" if seed else ""))
+
+
+def _lever_lines(path: Path) -> list[dict[str, Any]]:
     import json
 
-    rows = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        r = json.loads(line)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def lever_table(path: Path) -> list[str]:
+    """The lever screen of ``python -m bench.recipes --json FILE``: one row per (recipe, task) result line."""
+    rows, commands = [], []
+    for r in _lever_lines(path):
         tta = next((k for k in r if k.startswith("test_tta") and "@" not in k and not k.endswith(":probs")), None)
-        lever = (f"{r['arch'].replace('tf_efficientnet_', '')} {r['size']} px · freeze {r['cut']} · {r['views']} views"
-                 + (" · strong aug" if r.get("strong_augment") else "") + (" · CLAHE" if r.get("clahe") else "")
-                 + (f" · crop {r['crop']}" if r.get("crop", 1.0) != 1.0 else "") + f" · seed {r.get('seed', 0)}")
+        lever = _lever_name(r)
         val, test, tt = r["val"], r["test"], r.get(tta) or {}
         if r["task"] == "binary":
             yv = r.get("test@youden_val") or {}
@@ -330,22 +338,94 @@ def lever_table(path: Path) -> list[str]:
                    f"{_num(tt.get('auroc_ovr'))} | " + " / ".join(_pct(v) for v in pca.values()))
         rows.append(f"| {lever} | {r['task']} | {r['seconds_train'] / 60:.1f} | {fig} | {_num(test['ece'], 3)} → "
                     f"{_num(test.get('ece_calibrated'), 3)} | {_pct(r['lung_peak80'])} / {_pct(r['lung_mass80'])} |")
+        if r.get("command") and r["command"] not in commands:
+            commands.append(r["command"])
     if not rows:
         return []
-    return [
+    out = [
         "| lever (tail trained on cached frozen features) | task | tail minutes | val AUROC / accuracy | test accuracy plain / TTA | "
         "test AUROC plain / TTA | test sens / spec · 3-class recall n/b/v | test ECE raw → calibrated | lung focus peak / mass (80 films) |",
         "|---|---|---:|---:|---:|---:|---|---|---|",
         *rows,
     ]
+    if commands:
+        out += ["", "Commands of the rows that record theirs (each appends one line per cut, tail seed and task):", "",
+                *(f"- `{c}`" for c in commands)]
+    return out
 
 
-def build_markdown(roots: list[Path], levers: Path | None = None) -> str:
+def seed_spread_table(path: Path) -> list[str]:
+    """Min–max over tail seeds of each lever that was trained with two or more seeds (same split, same cached maps)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in _lever_lines(path):
+        groups.setdefault((_lever_name(r, seed=False), r["task"]), []).append(r)
+    rows = []
+
+    def rng(vals: list[float], f: Any) -> str:
+        return f(min(vals)) if min(vals) == max(vals) else f"{f(min(vals))} – {f(max(vals))}"
+
+    for (lever, task), rs in groups.items():
+        seeds = sorted({r.get("seed", 0) for r in rs})
+        if len(seeds) < 2:
+            continue
+        tta = next((k for k in rs[0] if k.startswith("test_tta") and "@" not in k and not k.endswith(":probs")), None)
+        if task == "binary":
+            val = rng([r["val"]["auroc"] for r in rs], _num)
+            normal = rng([r["test"]["specificity"] for r in rs], _pct)
+            auroc = rng([r["test"]["auroc"] for r in rs], _num)
+        else:
+            val = rng([r["val"]["accuracy"] for r in rs], _pct)
+            normal = rng([r["test"]["per_class_accuracy"]["normal"] for r in rs], _pct)
+            auroc = rng([r["test"]["auroc_ovr"] for r in rs], _num)
+        acc_tta = rng([r[tta]["accuracy"] for r in rs if tta in r], _pct) if tta else "—"
+        rows.append(f"| {lever} | {task} | {', '.join(map(str, seeds))} | {val} | {rng([r['test']['accuracy'] for r in rs], _pct)} | "
+                    f"{acc_tta} | {auroc} | {normal} |")
+    if not rows:
+        return []
+    return ["| lever | task | tail seeds | val AUROC / accuracy | test accuracy plain | test accuracy TTA | test AUROC plain | "
+            "test specificity (binary, @0.5) / normal recall (3-class) |", "|---|---|---|---:|---:|---:|---:|---:|", *rows]
+
+
+def ensemble_table(path: Path) -> list[str]:
+    """The ensembles of ``python -m bench.ensembles --json FILE``: one row per ensemble, chosen and ranked on validation."""
+    rows = []
+    for e in _lever_lines(path):
+        cost = f"{e['passes']} ({e['passes'] * e['tta']} with TTA×{e['tta']})"
+        if e["task"] == "binary":
+            fig = (f"{_num(e['val_auroc'])} / {_num(e.get('val_auroc_tta'))} | {_num(e['test_auroc'])} / {_num(e.get('test_auroc_tta'))} | "
+                   f"{_pct(e['test_acc'])} / {_pct(e.get('test_acc_tta'))} | "
+                   f"{_pct(e['test_acc_youden'])} ({_pct(e['sens_youden'])} / {_pct(e['spec_youden'])}); "
+                   f"{_pct(e.get('test_acc_sens95'))} ({_pct(e.get('sens_sens95'))} / {_pct(e.get('spec_sens95'))})")
+        else:
+            fig = (f"{_pct(e['val_acc'])} / {_pct(e.get('val_acc_tta'))} | — | {_pct(e['test_acc'])} / {_pct(e.get('test_acc_tta'))} | "
+                   "recall n/b/v " + " / ".join(_pct(v) for v in e["recall"]))
+        rows.append(f"| {e['name']} | {e['task']} | {cost} | {fig} |")
+    if not rows:
+        return []
+    return ["| ensemble (probabilities averaged) | task | forward passes per upload | val AUROC / accuracy plain / TTA | "
+            "test AUROC plain / TTA | test accuracy @0.5 (argmax) plain / TTA | binary: test accuracy (sens / spec) "
+            "@Youden(val); @sens95(val) · 3-class: test recall |", "|---|---|---|---:|---:|---:|---|", *rows]
+
+
+#: A hand-written block of docs/RESULTS.md between these markers survives regeneration (train.results keeps it).
+NOTES_BEGIN = "<!-- notes: hand-written, kept by train.results -->"
+NOTES_END = "<!-- /notes -->"
+
+
+def kept_notes(text: str) -> str | None:
+    """The hand-written block (markers included) of a previous RESULTS.md, if it has one."""
+    i = text.find(NOTES_BEGIN)
+    j = text.find(NOTES_END, i + 1) if i >= 0 else -1
+    return text[i : j + len(NOTES_END)] if i >= 0 and j >= 0 else None
+
+
+def build_markdown(roots: list[Path], levers: Path | None = None, ensembles: Path | None = None, notes: str | None = None) -> str:
     out = [
         "# Results",
         "",
         f"Generated by `python -m train.results {' '.join('--root ' + str(r) for r in roots)}"
-        + (f" --levers {levers}" if levers is not None else "") + "` from the registry cards "
+        + (f" --levers {levers}" if levers is not None else "") + (f" --ensembles {ensembles}" if ensembles is not None else "")
+        + "` from the registry cards "
         f"on {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}. Do not edit by hand: rerun the command.",
         "",
         "Every number is on the dataset's `test` split (for kermany-224 the official 624-image test set). Epochs and "
@@ -375,6 +455,21 @@ def build_markdown(roots: list[Path], levers: Path | None = None) -> str:
                     f"Generated from `{levers}`: each lever's tail trained the way `train_classifier` trains it, on frozen "
                     "stride-16 features cached once per (architecture, size, views); the same validation rules. "
                     "Calibrated ECE uses the temperature fitted on validation.", "", *table, ""]
+        spread = seed_spread_table(levers)
+        if spread:
+            out += ["### Seed spread (tail seeds on the same split and cached maps)", "",
+                    "Min – max over tail seeds (head initialisation, batch order, view draws). A lever beats the baseline "
+                    "only if it clears this band on validation.", "", *spread, ""]
+    if ensembles is not None and ensembles.is_file():
+        table = ensemble_table(ensembles)
+        if table:
+            out += ["## Ensembles (issue 14, `python -m bench.ensembles`)", "",
+                    f"Generated from `{ensembles}`: members' probabilities averaged (binary members with the 3-class "
+                    "members' P(pneumonia) = P(bacteria) + P(virus)); thresholds chosen on validation. Forward passes per "
+                    "upload count classifier passes; today's Predict page runs the binary and the 3-class model (2 passes, "
+                    "8 with TTA), so an ensemble of the two costs nothing extra.", "", *table, ""]
+    if notes:
+        out += [notes, ""]
     for root in roots:
         statuses = list_entries(root)
         classifiers = usable(statuses, "classifier")
@@ -401,10 +496,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", action="append", default=None, help="registry root (repeatable; default $CXR_REGISTRY or ./registry)")
     p.add_argument("--out", default="docs/RESULTS.md")
     p.add_argument("--levers", default=None, help="JSON lines of python -m bench.recipes --json (the lever screen table)")
+    p.add_argument("--ensembles", default=None, help="JSON lines of python -m bench.ensembles --json (the ensemble table)")
     ns = p.parse_args(argv)
     roots = [Path(r) for r in (ns.root or [str(registry_root(None))])]
-    text = build_markdown(roots, Path(ns.levers) if ns.levers else None)
     out = Path(ns.out)
+    notes = kept_notes(out.read_text()) if out.is_file() else None
+    text = build_markdown(roots, Path(ns.levers) if ns.levers else None, Path(ns.ensembles) if ns.ensembles else None, notes)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + f".tmp{os.getpid()}")
     tmp.write_text(text)
