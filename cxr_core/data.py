@@ -13,7 +13,7 @@ Three layouts, recognised in this order (:func:`read_dataset`):
   Database keeps lung masks beside the images).
 
 Manifest and folder datasets offer one task, named after the dataset (or ``task=``), whose
-classes are the label names in sorted order. Patient ids come from the manifest, else from
+classes are the label names, a class named normal first and the others sorted (:func:`class_order`). Patient ids come from the manifest, else from
 Kermany-style file names, else each image is its own patient. Files that are not images are
 skipped and listed in ``Dataset.skipped``.
 
@@ -198,6 +198,12 @@ def _read_kermany(root_p: Path, name: str) -> Dataset:
     return Dataset(root_p, tuple(samples), name)
 
 
+def class_order(names: Iterable[str]) -> tuple[str, ...]:
+    """The order of a dataset's classes (the model's outputs): a class named normal first, as in the
+    Kermany tasks, then the others sorted. The same classes in another layout then give the same head."""
+    return tuple(sorted(set(names), key=lambda c: (c.lower() != "normal", c)))
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "classes"
 
@@ -245,7 +251,7 @@ def _read_folders(root_p: Path, name: str, task: str) -> Dataset:
     for base, split in bases:
         for cls in sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")):
             found += [(p, split, cls) for p in _class_files(base / cls)]
-    classes = tuple(sorted({c for _, _, c in found}))
+    classes = class_order({c for _, _, c in found})
     if not found:
         raise DatasetError(
             f"no images found in {root_p}: expected the Kermany layout {{train,val,test}}/{{NORMAL,PNEUMONIA}}/*.jpeg, "
@@ -269,7 +275,7 @@ def _read_manifest_dataset(root_p: Path, name: str, task: str) -> Dataset:
     bad = sorted({r.get("split", "") for r in table} - {"", *SPLITS})
     if bad:
         raise DatasetError(f"manifest.csv names unknown split(s) {bad}; use train, val, test or leave it empty")
-    classes = tuple(sorted({r["label"].strip() for r in table if r["label"].strip()}))
+    classes = class_order({r["label"].strip() for r in table if r["label"].strip()})
     rows = [(r["path"].strip(), (r.get("split") or "").strip(), r["label"].strip(),
              (r.get("patient_id") or "").strip() or patient_of(r["path"])) for r in table if r["label"].strip()]
     return _dataset_from_rows(root_p, name, task, classes, rows, "manifest")

@@ -19,7 +19,7 @@ from cxr_core.registry import list_entries, select
 from cxr_core.synthetic import ALL_SUBTYPES, SyntheticSpec, make_phantom, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-CLASSES = ("bacteria", "covid", "normal", "virus")  # sorted: the order of the model outputs
+CLASSES = ("normal", "bacteria", "covid", "virus")  # the healthy class first, then sorted: the model outputs
 
 
 def build_four_class(root: Path) -> tuple[Path, Path]:
@@ -101,7 +101,7 @@ def test_predict_page_shows_the_four_classes(four_class, monkeypatch) -> None:
     image = next((data / "test" / "covid").glob("*.png"))
     at.file_uploader(key="upload").set_value((image.name, image.read_bytes(), "image/png")).run()
     assert not at.exception, [e.value for e in at.exception]
-    assert "bacteria / covid / normal / virus" in [h.value for h in at.subheader]
+    assert "normal / bacteria / covid / virus" in [h.value for h in at.subheader]
     bars = [p.proto.text for p in at.get("progress")]
     assert [b.split(":")[0] for b in bars[:4]] == list(CLASSES)
 

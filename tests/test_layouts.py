@@ -34,7 +34,7 @@ def test_class_folders_without_splits_get_a_patient_level_test_and_val_split(tmp
     _folders(tmp_path / "covid-set", {"COVID": 30, "Normal": 30, "Lung_Opacity": 30, "Viral Pneumonia": 30})
     ds = with_validation_split(read_dataset(tmp_path / "covid-set"), 0.1, 0)
     assert ds.layout == "folders" and ds.task == "covid-set"
-    assert ds.tasks == {"covid-set": ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")}
+    assert ds.tasks == {"covid-set": ("Normal", "COVID", "Lung_Opacity", "Viral Pneumonia")}  # healthy class first
     sizes = {s: len(ds.split(s)) for s in ("train", "val", "test")}
     assert sizes == {"train": 88, "val": 8, "test": 24}  # per class: 20 % of 30 to test, then 10 % of 24 to val
     for split in ("train", "val", "test"):
@@ -85,7 +85,7 @@ def test_manifest_layout_with_patients_and_splits(tmp_path: Path) -> None:
         w.writeheader()
         w.writerows(rows)
     ds = with_validation_split(read_dataset(tmp_path, task="covid"), 0.25, 0)
-    assert ds.layout == "manifest" and ds.tasks == {"covid": ("covid", "normal")}
+    assert ds.layout == "manifest" and ds.tasks == {"covid": ("normal", "covid")}
     assert len(ds.split("test")) == 8 and [p for p, _ in ds.skipped] == ["img/missing.png"]
     patients = {sp: {s.patient_id for s in ds.split(sp)} for sp in ("train", "val")}
     assert patients["train"].isdisjoint(patients["val"])  # split by patient, not by image
@@ -129,4 +129,4 @@ def test_kermany_read_as_class_folders_gives_the_same_splits(tmp_path: Path) -> 
     folders = with_validation_split(read_dataset(tmp_path), 0.1, 0)
     for split in ("train", "val", "test"):
         assert sorted(Path(s.path).name for s in folders.split(split)) == sorted(Path(s.path).name for s in kermany.split(split))
-    assert set(folders.tasks[folders.task]) == set(kermany.tasks["multiclass"])
+    assert folders.tasks[folders.task] == kermany.tasks["multiclass"]  # normal, bacteria, virus: the same head
