@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from cxr_core.demo import build_demo
 from cxr_core.registry import is_release, usable
 from pages.ui.frame import page_frame
 from pages.ui.loaders import entries, is_synthetic, registry_path
@@ -27,8 +28,6 @@ st.caption(f"`{root}` — set `CXR_REGISTRY` to use another folder"
 if not usable(statuses, "classifier"):
     st.warning("The registry has no usable classifier yet.")
     if st.button("Build the demo registry (synthetic data, a few minutes on CPU)", type="primary"):
-        from train.demo import build_demo
-
         with st.status("Building the demo registry…", expanded=True) as status:
             bar = st.progress(0.0, text="starting")
 

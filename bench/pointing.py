@@ -4,7 +4,7 @@
     python -m bench.pointing --seeds 1,2 --tasks binary --size 224 --out /tmp/pointing
 
 For each seed: write the synthetic set (``SyntheticSpec(seed=s)``, the demo's 256-px phantoms),
-train the classifier with the demo's recipe (``train.demo.DemoConfig``: pretrained Lite0, 8
+train the classifier with the demo's recipe (``cxr_core.demo.DemoConfig``: pretrained Lite0, 8
 epochs, batch 32, that seed), then score every CAM method at every layer of ``--layers`` (default:
 the final feature map, the two blocks before it and the stride-16 stage) on the correctly
 classified pneumonia phantoms of the test split. One model is one draw of "a model trained on
@@ -36,11 +36,11 @@ def run_seed(seed: int, task: str, size: int, layers: list[str], root: Path, log
              epochs: int | None = None) -> list[dict]:
     from scipy import ndimage
 
+    from cxr_core.demo import DemoConfig
     from cxr_core.explain import METHODS, Explainer, pointing_game
     from cxr_core.inference import load_classifier
     from cxr_core.synthetic import SyntheticSpec, load_mask, write_dataset
     from cxr_core.training import train_classifier
-    from train.demo import DemoConfig
 
     demo = DemoConfig()
     spec = SyntheticSpec(seed=seed)

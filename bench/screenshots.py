@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot take screenshots: {reason}", file=sys.stderr)
         return 2
     registry = Path(ns.registry).resolve()
-    from train.demo import build_demo, has_usable_classifier
+    from cxr_core.demo import build_demo, has_usable_classifier
 
     if not (registry.is_dir() and has_usable_classifier(registry)):
         if ns.no_build:

@@ -26,6 +26,7 @@ Records
 Training
 - ``training``     train a classifier into the registry
 - ``calibration``  temperature scaling, operating points, reliability diagrams
+- ``detector_training`` fit the healthy-only detectors and the chest X-ray guard into the registry
 - ``lung_focus``   share of a class activation map inside the lung field
 - ``metrics``      classification metrics and the predicted-class rule
 - ``progress``     the progress-callback types
@@ -45,6 +46,7 @@ Products
 - ``worklist``     many studies at once: the batched table
 - ``report``       the study report (PDF and text)
 - ``synthetic``    deterministic phantoms for the demo registry and tests
+- ``demo``         build the synthetic demo registry (classifiers, indexes, detectors)
 - ``runtime``      thread limits for serving
 """
 

@@ -133,7 +133,7 @@ def test_feature_detector_separates_a_shifted_distribution():
 @pytest.fixture(scope="module")
 def anomaly_registry(synthetic_data, tmp_path_factory) -> Path:
     """Every detector and the OOD guard fitted on the small synthetic set (seconds on CPU)."""
-    from train.anomaly import AnomalyConfig, run
+    from cxr_core.detector_training import AnomalyConfig, run
 
     root = tmp_path_factory.mktemp("anomaly_registry")
     cfg = AnomalyConfig(

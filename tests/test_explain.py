@@ -375,9 +375,9 @@ def demo_multiclass_model(tmp_path_factory) -> tuple:
     model the app ships with, so the pointing game scores what a user sees. About 1.5 min on one
     busy core.
     """
+    from cxr_core.demo import DemoConfig
     from cxr_core.synthetic import SyntheticSpec, write_dataset
     from cxr_core.training import train_classifier
-    from train.demo import DemoConfig
 
     demo = DemoConfig()
     threads = torch.get_num_threads()

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from cxr_core.progress import Progress
 from cxr_core.projection import PROJECTIONS
 from cxr_core.reference import IndexConfig, build_index
 from cxr_core.registry import (
@@ -52,15 +50,6 @@ def resolve_entry(spec: str, root: str | Path | None = None) -> Entry:
     if entry is None:
         raise RegistryError(f"no entry and no usable classifier for the task {spec!r} in {registry_root(root)}")
     return entry
-
-
-def demo_step(root: Path, data: Path, classifiers: list[Entry], progress: Progress | None, log: Callable[[str], None]) -> list[Entry]:
-    """Demo build: index every demo classifier on the synthetic set (CPU)."""
-    done = []
-    for entry in classifiers:
-        if entry.kind == "classifier":
-            done.append(build_index(entry, data, IndexConfig(device="cpu"), progress, log))
-    return done
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, IndexConfig]:

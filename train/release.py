@@ -148,7 +148,7 @@ def index_classifiers(cfg: ReleaseConfig, classifiers: dict[str, Entry], progres
 
 
 def fit_detectors(cfg: ReleaseConfig, progress: Progress | None, log: Callable[[str], None]) -> list[Entry]:
-    from train.anomaly import AnomalyConfig, run
+    from cxr_core.detector_training import AnomalyConfig, run
 
     have = [s for s in list_entries(cfg.work_root) if s.ok and s.card and s.card.get("kind") in ("detector", "autoencoder")]
     if have:

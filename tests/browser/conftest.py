@@ -94,13 +94,13 @@ def add_demo_steps(root: Path, data: Path, log=_log) -> Path:
     """Turn a registry of classifiers trained on synthetic data into a small demo registry.
 
     Marks the classifiers as synthetic demo entries, then runs what the demo build adds: the
-    anomaly detectors (``train.anomaly.demo_step``) and an embedding index per classifier
-    (``train.index.build_index``, with the t-SNE 2-D map only: the other maps cost minutes on a
+    anomaly detectors (``cxr_core.demo.detector_step``) and an embedding index per classifier
+    (``cxr_core.reference.build_index``, with the t-SNE 2-D map only: the other maps cost minutes on a
     shared 2-core CPU and the explorer tests need one 2-D map).
     """
+    from cxr_core.demo import detector_step as anomaly_step
     from cxr_core.reference import IndexConfig, build_index
     from cxr_core.registry import list_entries, load_entry, update_card
-    from train.anomaly import demo_step as anomaly_step
 
     classifiers = [load_entry(root, s.id) for s in list_entries(root) if s.ok and s.card.get("kind") == "classifier"]
     for entry in classifiers:
@@ -114,10 +114,10 @@ def add_demo_steps(root: Path, data: Path, log=_log) -> Path:
 def build_mini_registry(root: Path, data: Path, max_per_split: int = 40) -> Path:
     """Classifiers trained briefly on real cxr-mini images, the anomaly detectors and an index per classifier."""
     from cxr_core.anomaly import AEConfig, FeatureConfig
+    from cxr_core.detector_training import AnomalyConfig, run
     from cxr_core.reference import IndexConfig, build_index
     from cxr_core.registry import list_entries
     from cxr_core.training import TrainConfig, train_classifier
-    from train.anomaly import AnomalyConfig, run
 
     for task in ("binary", "multiclass"):
         train_classifier(
