@@ -183,7 +183,7 @@ def test_sizes_scale() -> None:
 
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="subtype"):
-        make_phantom("covid", 0)
+        make_phantom("pneumothorax", 0)  # "covid" is a finding since four-class sets
     with pytest.raises(ValueError):
         make_phantom("normal", 0, size=8)
     with pytest.raises(ValueError):
