@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from bench.browser import StreamlitServer, errors_on_screen, open_page, upload
+from bench.browser import StreamlitServer, errors_on_screen, open_page, upload, wait_for_app_run
 
 pytestmark = pytest.mark.browser
 
@@ -71,11 +71,18 @@ def test_threshold_page_offers_every_detector_and_maps_the_examples(demo_app: St
     options.filter(has_text=recon).first.click()
     expect(page.get_by_text(re.compile(r"^Feature reconstruction: "))).to_have_count(1)
     maps = page.locator("[data-testid='stImageCaption']").filter(has_text=re.compile(r"^anomaly map$"))
+    # The examples render one by one (each film is scored): wait for films on both sides of the threshold.
     expect(maps.first).to_be_visible(timeout=120_000)
-    assert maps.count() >= 2, "a map for films on both sides of the threshold"
-    for i in range(min(maps.count(), 6)):
-        _wait_loaded(page.locator("[data-testid='stImageContainer']").filter(has=maps.nth(i)).locator("img"))
-    # The live panel still answers: the confusion matrix counts every validation film.
+    expect(maps.nth(1), "a map for films on both sides of the threshold").to_be_visible(timeout=120_000)
+    containers = page.locator("[data-testid='stImageContainer']").filter(
+        has=page.locator("[data-testid='stImageCaption']", has_text=re.compile(r"^anomaly map$")))
+    assert containers.count() >= 2
+    for i in range(min(containers.count(), 6)):
+        _wait_loaded(containers.nth(i).locator("img"))
+    # The live panel still answers: the confusion matrix counts every validation film (once the run is
+    # over: until then the previous detector's panel may still be in the page).
+    wait_for_app_run(page)
+    expect(page.locator(".cxr-thr [data-cm='tn']")).to_have_count(1, timeout=60_000)
     cells = [page.locator(f".cxr-thr [data-cm='{k}']").inner_text() for k in ("tn", "fp", "fn", "tp")]
     recon_card = next(c for c in cards.values() if recon.startswith(c["name"]))
     assert sum(int(x) for x in cells) == recon_card["metrics"]["val"]["n"]
