@@ -228,7 +228,27 @@ def _probe(path: Path) -> str | None:
         return f"unreadable ({e.strerror or type(e).__name__})"
     if not head:
         return "empty file"
-    return None if sniff_format(head) else "not an image (unknown format)"
+    kind = sniff_format(head)
+    if kind is None:
+        return "not an image (unknown format)"
+    return _truncated(path, kind)
+
+
+def _truncated(path: Path, kind: str) -> str | None:
+    """A cheap integrity check without decoding pixels: PNG chunk CRCs (Pillow's verify), a JPEG's end marker."""
+    from PIL import Image
+
+    try:
+        if kind == "JPEG":
+            with open(path, "rb") as f:
+                f.seek(-2, os.SEEK_END)
+                return None if f.read(2) == b"\xff\xd9" else "truncated JPEG (no end-of-image marker)"
+        if kind == "PNG":
+            with Image.open(path) as im:
+                im.verify()
+    except Exception as e:  # Pillow raises many types for a damaged file; each means "skip it, say why"
+        return f"damaged {kind} ({type(e).__name__}: {str(e)[:80]})"
+    return None
 
 
 def _is_image_name(name: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -56,9 +57,17 @@ def test_files_that_are_not_images_are_listed_and_skipped(tmp_path: Path) -> Non
     _folders(tmp_path, {"a": 10, "b": 10})
     (tmp_path / "a" / "notes.png").write_text("not an image")
     (tmp_path / "b" / "empty.jpg").write_bytes(b"")
+    good = (tmp_path / "a" / "a-x-0.png").read_bytes()
+    (tmp_path / "a" / "cut.png").write_bytes(good[: len(good) // 2])
+    jpeg = io.BytesIO()
+    Image.fromarray(np.full((16, 16), 9, np.uint8)).save(jpeg, "JPEG")
+    (tmp_path / "b" / "cut.jpg").write_bytes(jpeg.getvalue()[:-40])
     ds = read_dataset(tmp_path)
     assert len(ds.samples) == 20
-    assert dict(ds.skipped) == {"a/notes.png": "not an image (unknown format)", "b/empty.jpg": "empty file"}
+    skipped = dict(ds.skipped)
+    assert skipped.pop("a/notes.png") == "not an image (unknown format)" and skipped.pop("b/empty.jpg") == "empty file"
+    assert skipped.pop("a/cut.png").startswith("damaged PNG") and skipped.pop("b/cut.jpg").startswith("truncated JPEG")
+    assert not skipped
 
 
 def test_a_class_too_small_for_a_split_is_named(tmp_path: Path) -> None:
