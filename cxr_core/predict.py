@@ -189,7 +189,8 @@ class Predictor:
         arch = first.architecture
         trunk_len = len(model_stages(_unwrap(first.model), arch)[0]) + self.trunk_depth  # stem + shared stages
         t1 = time.perf_counter()
-        h = normalize(to_float(torch.from_numpy(np.ascontiguousarray(x_u8))), first.spec)
+        # A copy when read-only (arrays stacked from cached uploads): torch warns on non-writable memory.
+        h = normalize(to_float(torch.from_numpy(np.ascontiguousarray(x_u8) if x_u8.flags.writeable else np.array(x_u8))), first.spec)
         h = h.contiguous(memory_format=torch.channels_last)
         # Module names are the same in both models (one architecture), so the trunk's kept outputs serve both.
         wanted_any = {name for names in self._kept_layers.values() for name in names} if keep else set()
