@@ -7,6 +7,7 @@ augmentation (mean of the probabilities over deterministic views).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,9 +33,9 @@ class LoadedClassifier:
     classes: list[str]
     threshold: float
 
-    @property
+    @functools.cached_property
     def card(self) -> ClassifierCard:
-        """The entry's card, typed."""
+        """The entry's card, typed; parsed once, since every prediction asks for its temperature."""
         return self.entry.info  # type: ignore[return-value]
 
     @property
@@ -43,7 +44,7 @@ class LoadedClassifier:
 
     def temperature(self, tta: int = 1) -> float:
         """The card's validation-fitted temperature for ``tta`` views (1.0 without calibration)."""
-        card = self.entry.info
+        card = self.card
         return card.temperature(tta) if isinstance(card, ClassifierCard) else 1.0
 
     @property

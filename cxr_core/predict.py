@@ -9,6 +9,7 @@ that the page makes one call.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +42,7 @@ class TaskResult:
     #: Which stored operating point ``threshold`` is ("default", "youden_val", "sens95_val", "argmax").
     threshold_source: str | None = None
 
-    @property
+    @functools.cached_property
     def shown(self) -> list[float]:
         """The probabilities the app shows: temperature-scaled (same ranking and decisions as ``probs``)."""
         if self.temperature == 1.0:
