@@ -114,7 +114,11 @@ def reliability_by_split(probs: np.ndarray, targets: np.ndarray, splits: np.ndar
     for split in wanted:
         rows = np.asarray(splits) == split
         if rows.any():
-            p, y = np.asarray(probs)[rows], np.asarray(targets)[rows]
-            out[split] = {"raw": reliability(p, y), "calibrated": reliability(apply_temperature(p, task, temperature), y)}
+            out[split] = reliability_pair(np.asarray(probs)[rows], np.asarray(targets)[rows], task, temperature)
     return out
+
+
+def reliability_pair(probs: np.ndarray, y: np.ndarray, task: str, temperature: float) -> dict[str, dict[str, list]]:
+    """The reliability diagram of ``probs`` as they are (``raw``) and temperature-scaled (``calibrated``)."""
+    return {"raw": reliability(probs, y), "calibrated": reliability(apply_temperature(probs, task, temperature), y)}
 

@@ -42,7 +42,7 @@ from .calibration import (
     fit_temperature,
     fixed_sensitivity_threshold,
     probs_to_logits,
-    reliability,
+    reliability_pair,
 )
 from .cards import MetricKey
 from .config import AugmentConfig, InputSpec, normal_class
@@ -734,9 +734,7 @@ def _calibration_card(run: _Run, ev: _Evaluation) -> dict[str, Any]:
         **{f"temperature_tta{t}": v for t, v in ev.temperatures.items() if t != 1},
         # Reliability diagrams (plain probabilities) before and after the temperature, per split.
         "reliability": {
-            s: {"raw": reliability(ev.probs[(s, 1)], run.targets[s]),
-                "calibrated": reliability(apply_temperature(ev.probs[(s, 1)], task, t1), run.targets[s])}
-            for s in ("val", "test") if (s, 1) in ev.probs
+            s: reliability_pair(ev.probs[(s, 1)], run.targets[s], task, t1) for s in ("val", "test") if (s, 1) in ev.probs
         },
     }
 
