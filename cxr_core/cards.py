@@ -69,15 +69,38 @@ class DatasetInfo:
     counts: Mapping[str, Any] = field(default_factory=dict)
     synthetic: bool = False
     layout: str = "kermany"  # cards written before other layouts existed are Kermany
+    used: Mapping[str, int] = field(default_factory=dict)  # images per split the entry used
+    train_labels: tuple[str, ...] = ()  # detectors: the labels they were fitted on
+    skipped: int | None = None  # files the reader could not use
+
+    @classmethod
+    def of(cls, ds: Dataset, used: Mapping[str, int], val_fraction: float, val_seed: int, *,
+           train_labels: tuple[str, ...] = (), synthetic: bool = False) -> DatasetInfo:
+        """The record of a dataset as read now (training and detector fitting write this)."""
+        return cls("synthetic-demo" if synthetic else ds.name, str(Path(ds.root).resolve()), ds.fingerprint(),
+                   val_fraction, val_seed, ds.counts(), synthetic, ds.layout, dict(used), tuple(train_labels),
+                   len(ds.skipped))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> DatasetInfo:
         d = d or {}
         val = d.get("validation") or {}
         name = str(d.get("name", ""))
+        skipped = d.get("skipped")
         return cls(name, str(d.get("root", "")), d.get("fingerprint"), float(val.get("fraction", 0.1)),
                    int(val.get("seed", 0)), d.get("counts") or {}, bool(d.get("synthetic")) or name.startswith("synthetic"),
-                   str(d.get("layout", "kermany")))
+                   str(d.get("layout", "kermany")), dict(d.get("used") or {}), tuple(d.get("train_labels") or ()),
+                   None if skipped is None else int(skipped))
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name, "root": self.root, "counts": dict(self.counts), "used": dict(self.used),
+            "fingerprint": self.fingerprint, "validation": {"fraction": self.val_fraction, "seed": self.val_seed, "by": "patient"},
+            "layout": self.layout,
+        }
+        d |= {"skipped": self.skipped} if self.skipped is not None else {}
+        d |= {"train_labels": list(self.train_labels)} if self.train_labels else {}
+        return d | ({"synthetic": True} if self.synthetic else {})
 
     def load(self, root: str | Path | None = None, task: str | None = None) -> Dataset:
         """The dataset with the same patient-level validation split the model was trained with.
@@ -88,36 +111,100 @@ class DatasetInfo:
         return with_validation_split(ds, self.val_fraction, self.val_seed)
 
 
+#: Keys the typed fields stand for; anything else in a card is kept verbatim in ``extra``.
+_COMMON_KEYS = ("schema_version", "id", "kind", "task", "classes", "normal_class", "architecture", "pretrained",
+                "pretrained_source", "input", "dataset", "threshold", "threshold_source", "thresholds", "training",
+                "name", "notes", "created_at", "code_version", "files", "default")
+
+
 @dataclass(frozen=True)
 class Card:
-    """Fields every entry's card has."""
+    """Fields every entry's card has. Writers build a typed card and store :meth:`to_dict`."""
 
-    id: str
     kind: str
-    task: str | None
-    classes: tuple[str, ...]
-    architecture: str | None
-    input: InputSpec | None
-    dataset: DatasetInfo
-    threshold: float | None
-    threshold_source: str | None
-    name: str
-    created_at: str | None
-    raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
+    id: str = ""
+    task: str | None = None
+    classes: tuple[str, ...] = ()
+    normal_class: str | None = None  # the healthy class; older Kermany cards: NORMAL / normal
+    architecture: str | None = None
+    pretrained: bool | None = None
+    pretrained_source: str | None = None
+    input: InputSpec | None = None
+    dataset: DatasetInfo = field(default_factory=DatasetInfo)
+    threshold: float | None = None
+    #: Classifiers: the name of the stored operating point in use; detectors: {"name", "split", "note"}.
+    threshold_source: str | Mapping[str, Any] | None = None
+    thresholds: Mapping[str, Any] = field(default_factory=dict)
+    training: Mapping[str, Any] = field(default_factory=dict)  # the run's arguments, timings, device, history
+    name: str = ""
+    notes: str | None = None
+    created_at: str | None = None
+    code_version: str | None = None
+    files: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # filled in by the registry
+    default: bool = False  # the entry the app uses for its (kind, task) even when a newer one exists
+    extra: Mapping[str, Any] = field(default_factory=dict)  # keys no field names, written back as they were
+    raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def synthetic(self) -> bool:
+        return self.dataset.synthetic
+
+    @property
+    def label(self) -> str:
+        """The name the pages show: the card's own, else its id."""
+        return self.name or self.id
+
+    def has(self, name: str) -> bool:
+        return name in self.files
+
+    def threshold_or(self, default: float) -> float:
+        """The threshold in use, or ``default`` for a card that stores none."""
+        return default if self.threshold is None else self.threshold
+
+    def file_sha256(self, name: str) -> str | None:
+        return (self.files.get(name) or {}).get("sha256")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card's JSON (what :func:`read_card` reads back)."""
+        return self._common_dict()
+
+    def _common_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {**self.extra, "kind": self.kind, "task": self.task, "classes": list(self.classes),
+                             "name": self.name or self.id}
+        optional = {"id": self.id or None, "normal_class": self.normal_class, "architecture": self.architecture,
+                    "pretrained": self.pretrained, "pretrained_source": self.pretrained_source,
+                    "input": self.input.to_dict() if self.input else None, "threshold": self.threshold,
+                    "threshold_source": self.threshold_source, "notes": self.notes, "created_at": self.created_at,
+                    "code_version": self.code_version, "default": self.default or None}
+        d |= {k: v for k, v in optional.items() if v is not None}
+        d |= {k: dict(v) for k, v in (("thresholds", self.thresholds), ("training", self.training), ("files", self.files)) if v}
+        return d | {"dataset": self.dataset.to_dict()}
+
+
+#: Classifier keys the typed fields stand for.
+_CLASSIFIER_KEYS = ("num_outputs", "embedding_dim", "metrics", "curves", "calibration", "recipe", "index", "lung_focus",
+                    "drop_rate", "weights_base")
 
 
 @dataclass(frozen=True)
 class ClassifierCard(Card):
     """A classifier's card: metric sets by :class:`MetricKey`, thresholds, calibration."""
 
+    kind: str = "classifier"
     num_outputs: int = 1
     embedding_dim: int | None = None
     metrics: Mapping[MetricKey, Mapping[str, Any]] = field(default_factory=dict)
-    thresholds: Mapping[str, float] = field(default_factory=dict)
+    curves: Mapping[str, Any] = field(default_factory=dict)  # ROC points per split (3-class: per class)
     calibration: Mapping[str, Any] = field(default_factory=dict)
     recipe: str | None = None
-    has_index: bool = False
-    normal_class: str | None = None  # the healthy class; older Kermany cards: NORMAL / normal
+    index: Mapping[str, Any] = field(default_factory=dict)  # what train.index built (cxr_core.reference)
+    lung_focus: Mapping[str, Any] | None = None
+    drop_rate: float = 0.2
+    weights_base: str | None = None  # compact (release) entries: the stages stored as ImageNet's
+
+    @property
+    def has_index(self) -> bool:
+        return bool(self.index)
 
     def metric(self, key: MetricKey | str) -> Mapping[str, Any] | None:
         return self.metrics.get(key if isinstance(key, MetricKey) else MetricKey.parse(key))  # type: ignore[arg-type]
@@ -127,31 +214,82 @@ class ClassifierCard(Card):
         cal = self.calibration
         return float(cal.get(f"temperature_tta{tta}", cal.get("temperature", 1.0)) if tta > 1 else cal.get("temperature", 1.0))
 
+    def with_index(self, index: Mapping[str, Any], knn_metrics: Mapping[MetricKey, Mapping[str, Any]]) -> ClassifierCard:
+        """The card after a (re)built reference index: its section, and KNN metric sets replacing earlier ones."""
+        kept = {k: v for k, v in self.metrics.items() if not k.knn}
+        return replace(self, index=dict(index), metrics=kept | dict(knn_metrics))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card's JSON (what :func:`read_card` reads back)."""
+        d = self._common_dict() | {"num_outputs": self.num_outputs, "drop_rate": self.drop_rate,
+                                   "metrics": {str(k): dict(v) for k, v in self.metrics.items()}}
+        optional = {"embedding_dim": self.embedding_dim, "recipe": self.recipe, "lung_focus": self.lung_focus,
+                    "weights_base": self.weights_base}
+        d |= {k: v for k, v in optional.items() if v is not None}
+        return d | {k: dict(v) for k, v in (("curves", self.curves), ("calibration", self.calibration), ("index", self.index)) if v}
+
+
+#: Which section holds each detector method's configuration.
+_CONFIG_KEY = {"autoencoder": "autoencoder", "features": "features", "feature_recon": "feature_recon", "ood": "features"}
+_DETECTOR_KEYS = ("detector", "family", "score", "score_direction", "metrics", "metrics_at_threshold", "histograms",
+                  "map_scale", "map_grid", "autoencoder", "features", "feature_recon")
+
 
 @dataclass(frozen=True)
 class DetectorCard(Card):
     """A healthy-only detector or the chest X-ray guard: ``method`` says which kind."""
 
+    kind: str = "detector"
     method: str = "features"  # "autoencoder", "features", "feature_recon" or "ood"
-    metrics: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    detector: str | None = None  # the fitted variant, e.g. "features-mahalanobis"
+    family: str | None = None  # as the pages name it ("feature reconstruction", ...); None: derived from method
+    score: str | None = None  # one line: what the score measures
+    score_direction: str | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)  # the method's configuration section
+    metrics: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # by split
+    metrics_at_threshold: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    histograms: Mapping[str, Any] = field(default_factory=dict)  # by split (cxr_core.thresholds.histogram_data)
+    map_scale: float | None = None  # feature reconstruction: the error drawn at full colour
+    map_grid: int | None = None
 
     @property
     def val_auroc(self) -> float | None:
-        v = (self.metrics.get("val") or {}).get("auroc")
+        return self.auroc("val")
+
+    def auroc(self, split: str) -> float | None:
+        v = (self.metrics.get(split) or {}).get("auroc")
         return None if v is None else float(v)
 
+    @property
+    def has_map(self) -> bool:
+        """Whether the detector draws a per-position anomaly map (feature reconstruction)."""
+        return self.method == "feature_recon"
 
-def _common(d: Mapping[str, Any]) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
+        """The card's JSON (what :func:`read_card` reads back)."""
+        d = self._common_dict() | {"metrics": {k: dict(v) for k, v in self.metrics.items()}}
+        optional = {"detector": self.detector, "family": self.family, "score": self.score,
+                    "score_direction": self.score_direction, "map_scale": self.map_scale, "map_grid": self.map_grid}
+        d |= {k: v for k, v in optional.items() if v is not None}
+        d |= {k: dict(v) for k, v in (("metrics_at_threshold", self.metrics_at_threshold), ("histograms", self.histograms)) if v}
+        return d | ({_CONFIG_KEY[self.method]: dict(self.config)} if self.config else {})
+
+
+def _common(d: Mapping[str, Any], typed: tuple[str, ...]) -> dict[str, Any]:
     task = d.get("task")
-    classes = d.get("classes") or TASK_CLASSES.get(str(task), ())
-    inp = d.get("input")
-    thr = d.get("threshold")
+    classes = tuple(str(c) for c in (d.get("classes") or TASK_CLASSES.get(str(task), ())))
+    inp, thr = d.get("input"), d.get("threshold")
     return {
-        "id": str(d.get("id", "")), "kind": str(d.get("kind", "")), "task": task, "classes": tuple(str(c) for c in classes),
-        "architecture": d.get("architecture"), "input": InputSpec.from_dict(inp) if isinstance(inp, Mapping) else None,
+        "id": str(d.get("id", "")), "kind": str(d.get("kind", "")), "task": task, "classes": classes,
+        "normal_class": d.get("normal_class", normal_class(classes)), "architecture": d.get("architecture"),
+        "pretrained": d.get("pretrained"), "pretrained_source": d.get("pretrained_source"),
+        "input": InputSpec.from_dict(inp) if isinstance(inp, Mapping) else None,
         "dataset": DatasetInfo.from_dict(d.get("dataset")), "threshold": None if thr is None else float(thr),
-        "threshold_source": d.get("threshold_source"), "name": str(d.get("name") or d.get("id", "")),
-        "created_at": d.get("created_at"), "raw": d,
+        "threshold_source": d.get("threshold_source"), "thresholds": dict(d.get("thresholds") or {}),
+        "training": dict(d.get("training") or {}), "name": str(d.get("name") or d.get("id", "")),
+        "notes": d.get("notes"), "created_at": d.get("created_at"), "code_version": d.get("code_version"),
+        "files": dict(d.get("files") or {}), "default": bool(d.get("default")), "raw": d,
+        "extra": {k: v for k, v in d.items() if k not in _COMMON_KEYS and k not in typed},
     }
 
 
@@ -163,15 +301,30 @@ def _detector_method(d: Mapping[str, Any]) -> str:
     return "feature_recon" if "feature_recon" in d else "features"
 
 
+def _read_classifier(d: Mapping[str, Any]) -> ClassifierCard:
+    metrics = {k: v for key, v in (d.get("metrics") or {}).items() if (k := MetricKey.parse(key)) and isinstance(v, Mapping)}
+    emb, focus = d.get("embedding_dim"), d.get("lung_focus")
+    return ClassifierCard(
+        **_common(d, _CLASSIFIER_KEYS), num_outputs=int(d.get("num_outputs", 1)),
+        embedding_dim=None if emb is None else int(emb), metrics=metrics, curves=dict(d.get("curves") or {}),
+        calibration=dict(d.get("calibration") or {}), recipe=d.get("recipe"), index=dict(d.get("index") or {}),
+        lung_focus=focus if isinstance(focus, Mapping) else None, drop_rate=float(d.get("drop_rate", 0.2)),
+        weights_base=d.get("weights_base"),
+    )
+
+
+def _read_detector(d: Mapping[str, Any]) -> DetectorCard:
+    method = _detector_method(d)
+    scale, grid = d.get("map_scale"), d.get("map_grid")
+    return DetectorCard(
+        **_common(d, _DETECTOR_KEYS), method=method, detector=d.get("detector"), family=d.get("family"),
+        score=d.get("score"), score_direction=d.get("score_direction"), config=dict(d.get(_CONFIG_KEY[method]) or {}),
+        metrics={k: v for k, v in (d.get("metrics") or {}).items() if isinstance(v, Mapping)},
+        metrics_at_threshold=dict(d.get("metrics_at_threshold") or {}), histograms=dict(d.get("histograms") or {}),
+        map_scale=None if scale is None else float(scale), map_grid=None if grid is None else int(grid),
+    )
+
+
 def read_card(d: Mapping[str, Any]) -> ClassifierCard | DetectorCard:
     """The typed form of a card dict; keys older cards lack get their defaults."""
-    common = _common(d)
-    if d.get("kind") == "classifier":
-        metrics = {k: v for key, v in (d.get("metrics") or {}).items() if (k := MetricKey.parse(key)) and isinstance(v, Mapping)}
-        return ClassifierCard(
-            **common, num_outputs=int(d.get("num_outputs", 1)), embedding_dim=d.get("embedding_dim"), metrics=metrics,
-            thresholds=dict(d.get("thresholds") or {}), calibration=dict(d.get("calibration") or {}),
-            recipe=d.get("recipe"), has_index=bool(d.get("index")),
-            normal_class=d.get("normal_class", normal_class(common["classes"])),
-        )
-    return DetectorCard(**common, method=_detector_method(d), metrics=dict(d.get("metrics") or {}))
+    return _read_classifier(d) if d.get("kind") == "classifier" else _read_detector(d)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cards import DatasetInfo, MetricKey
+from .cards import MetricKey
 from .compact import load_thumbs
 from .config import InputSpec
 from .data import Dataset, DatasetError, Sample, load_images, safe_join
@@ -39,7 +39,7 @@ from .preprocess import prepare
 from .progress import Progress
 from .projection import PROJECTIONS, compute
 from .projection import place as place_on_map
-from .registry import Entry, RegistryError, add_files, update_card
+from .registry import Entry, RegistryError, add_files, update_info
 
 INDEX_FILES = ("index.npz", "thumbs.npy", "projection.npz")
 
@@ -68,7 +68,7 @@ def _cap(samples: list[Sample], cap: int | None, seed: int) -> list[Sample]:
 
 def reference_samples(entry: Entry, data: str | Path, max_per_split: int | None = None, seed: int = 0) -> tuple[Dataset, list[Sample]]:
     """Every sample of ``data`` with the split the entry's training used (val redrawn by patient the same way)."""
-    ds = DatasetInfo.from_dict(entry.card.get("dataset")).load(data, entry.task)
+    ds = entry.info.dataset.load(data, entry.task)
     samples: list[Sample] = []
     for split in ("train", "val", "test"):
         samples += _cap(ds.split(split), max_per_split, seed)
@@ -174,15 +174,8 @@ def _index_info(cfg: IndexConfig, dataset: Dataset, splits: np.ndarray, emb: np.
 
 
 def _store_knn_metrics(entry: Entry, info: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> None:
-    def change(card: dict[str, Any]) -> None:
-        card["index"] = info
-        card.setdefault("metrics", {}).update(metrics)
-        # Drop KNN metrics of an earlier index that this one did not recompute (e.g. no val split now).
-        stale = [key for key in card["metrics"] if (mk := MetricKey.parse(key)) and mk.knn and key not in metrics]
-        for key in stale:
-            del card["metrics"][key]
-
-    update_card(entry, change)
+    knn = {MetricKey.parse(k): v for k, v in metrics.items()}
+    update_info(entry, lambda _: entry.classifier_card.with_index(info, knn))
 
 
 def build_index(
@@ -213,7 +206,7 @@ def build_index(
         log(f"{key}: accuracy {m['vote_accuracy']:.4f} (k={k})")
     maps, proj_seconds = compute(emb, cfg.projections, seed=cfg.seed, n_jobs=cfg.tsne_jobs, progress=progress, log=log) if cfg.projections else ({}, {})
     t_proj = time.perf_counter()
-    index = _index_arrays(samples, targets, emb, probs, predicted_class(task, probs, float(entry.card.get("threshold", 0.5))),
+    index = _index_arrays(samples, targets, emb, probs, predicted_class(task, probs, entry.classifier_card.threshold_or(0.5)),
                           knn_predicted, classes)
     add_files(entry, {"index.npz": index, "thumbs.npy": thumbs, **({"projection.npz": maps} if maps else {})})
     seconds = {"embed": t_embed - t0, "knn": t_knn - t_embed, "projections": proj_seconds, "total": time.perf_counter() - t0}
@@ -253,7 +246,7 @@ class ReferenceSet:
     def from_entry(cls, entry: Entry) -> ReferenceSet:
         z = entry.load_npz("index.npz")
         maps = entry.load_npz("projection.npz") if entry.has("projection.npz") else {}
-        info = dict(entry.card.get("index", {}))
+        info = dict(entry.classifier_card.index)
         task = entry.task or "binary"
         classes = [str(c) for c in z["classes"]] if "classes" in z else entry.classes
         k = int(info.get("k") or default_k(task))

@@ -44,7 +44,7 @@ from .calibration import (
     probs_to_logits,
     reliability_pair,
 )
-from .cards import MetricKey
+from .cards import ClassifierCard, DatasetInfo, MetricKey
 from .config import AugmentConfig, InputSpec, normal_class
 from .data import Dataset, check_patient_leakage, load_images, read_dataset, with_validation_split
 from .inference import infer, pick_device
@@ -692,7 +692,7 @@ def _should_stop(run: _Run, stop: bool) -> bool:
 class _Evaluation:
     """Validation and test figures of the selected epoch."""
 
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[MetricKey, Any] = field(default_factory=dict)
     curves: dict[str, Any] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=lambda: {"default": 0.5})
     temperatures: dict[int, float] = field(default_factory=dict)
@@ -712,13 +712,13 @@ def _evaluate(run: _Run) -> _Evaluation:
             ev.thresholds["sens95_val" + suffix] = fixed_sensitivity_threshold(y["val"], ev.probs[("val", t)][:, 1], 0.95)
     for (s, t), probs in ev.probs.items():
         key = MetricKey(s, tta=t)
-        ev.metrics[str(key)] = report_metrics(cfg.task, y[s], probs, classes)
-        ev.metrics[str(key)]["ece_calibrated"] = report_metrics(
+        ev.metrics[key] = report_metrics(cfg.task, y[s], probs, classes)
+        ev.metrics[key]["ece_calibrated"] = report_metrics(
             cfg.task, y[s], apply_temperature(probs, cfg.task, ev.temperatures[t]), classes)["ece"]
         if cfg.task == "binary":
             for op in ("youden_val", "sens95_val"):
                 thr = ev.thresholds[op if t == 1 else f"{op}_tta{t}"]
-                ev.metrics[str(replace(key, threshold=op))] = report_metrics(cfg.task, y[s], probs, classes, thr)
+                ev.metrics[replace(key, threshold=op)] = report_metrics(cfg.task, y[s], probs, classes, thr)
         if t == 1 and len(np.unique(y[s])) > 1:
             ev.curves[s] = (roc_points(y[s], probs[:, 1]) if cfg.task == "binary" else
                             {c: roc_points((y[s] == i).astype(int), probs[:, i]) for i, c in enumerate(classes)})
@@ -760,27 +760,22 @@ def _training_card(run: _Run, fit: _Fit) -> dict[str, Any]:
     }
 
 
-def _card(run: _Run, fit: _Fit, ev: _Evaluation) -> dict[str, Any]:
+def _card(run: _Run, fit: _Fit, ev: _Evaluation, lung_focus: dict[str, Any] | None) -> ClassifierCard:
     cfg, info, ds = run.cfg, run.info, run.dataset
     binary = cfg.task == "binary"
-    return {
-        "kind": "classifier", "task": cfg.task, "classes": list(run.classes), "normal_class": run.normal_class, "architecture": cfg.architecture,
-        "num_outputs": info.num_outputs, "pretrained": info.pretrained, "pretrained_source": info.pretrained_source,
-        "embedding_dim": info.embedding_dim, "input": run.spec.to_dict(),
-        "dataset": {
-            "name": ds.name, "root": str(ds.root.resolve()), "counts": ds.counts(),
-            "used": {s: len(v) for s, v in run.splits.items()}, "fingerprint": ds.fingerprint(),
-            "validation": {"fraction": cfg.val_fraction, "seed": cfg.seed, "by": "patient"},
-            "layout": ds.layout, "skipped": len(ds.skipped),
-        },
-        "training": _training_card(run, fit),
-        "metrics": ev.metrics, "curves": ev.curves, "thresholds": ev.thresholds,
-        "threshold": ev.thresholds.get(cfg.operating_point, 0.5) if binary else 0.5,
+    return ClassifierCard(
+        task=cfg.task, classes=tuple(run.classes), normal_class=run.normal_class, architecture=cfg.architecture,
+        num_outputs=info.num_outputs, pretrained=info.pretrained, pretrained_source=info.pretrained_source,
+        embedding_dim=info.embedding_dim, input=run.spec,
+        dataset=DatasetInfo.of(ds, {s: len(v) for s, v in run.splits.items()}, cfg.val_fraction, cfg.seed),
+        training=_training_card(run, fit),
+        metrics=ev.metrics, curves=ev.curves, thresholds=ev.thresholds,
+        threshold=ev.thresholds.get(cfg.operating_point, 0.5) if binary else 0.5,
         # Which stored validation-chosen threshold "threshold" is (the app shows it beside the value).
-        "threshold_source": cfg.operating_point if binary else "argmax",
-        "calibration": _calibration_card(run, ev),
-        "recipe": cfg.recipe,
-    }
+        threshold_source=cfg.operating_point if binary else "argmax",
+        calibration=_calibration_card(run, ev), recipe=cfg.recipe, lung_focus=lung_focus,
+        notes=cfg.notes or None,
+    )
 
 
 def _lung_focus(run: _Run, log: Callable[[str], None]) -> dict[str, Any] | None:
@@ -812,10 +807,7 @@ def train_classifier(cfg: TrainConfig, progress: Progress | None = None, log: Ca
         run.model.eval()
         ev = _evaluate(run)
         run.times["evaluated"] = time.perf_counter()
-        card = _card(run, fit, ev)
-        focus = _lung_focus(run, log)
-        if focus is not None:
-            card["lung_focus"] = focus
+        card = _card(run, fit, ev, _lung_focus(run, log))
         return write_entry(cfg.out, card, weights=run.model.state_dict(), entry_id=cfg.entry_id)
     finally:
         # Also when training raises: a rank left in the group would hang the others.
