@@ -58,4 +58,4 @@ bench: install browser-deps
 
 ## docs/RESULTS.md from the release cards (RESULTS_ARGS adds roots, e.g. "--root registry-research").
 results: install
-	$(BIN)/python -m train.results --root release/kermany-224 $(RESULTS_ARGS)
+	$(BIN)/python -m train.results --root release/kermany-224 --levers docs/results/levers.jsonl --ensembles docs/results/ensembles.jsonl $(RESULTS_ARGS)

@@ -8,8 +8,8 @@ averages pairs of 3-class models. Seed groups (every tail seed of one recipe, an
 3-class models together) are always scored. Printed: validation and test AUROC / accuracy plain and with
 TTA, the test sensitivity / specificity at the validation Youden and sensitivity >= 0.95 thresholds, and
 the Predict-page cost in forward passes (members x views). Ranked by the validation figure: the test
-columns choose nothing. ``--json`` writes the seed groups and the top of each ranking (for
-``python -m train.results --ensembles``).
+columns choose nothing. ``--json`` writes the seed groups and the top of each ranking; ``--record`` appends
+them to the committed docs/results/ensembles.jsonl that ``python -m train.results`` reads.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--json", default=None, help="write the seed groups and the top --json-top of each ranking here")
     ap.add_argument("--json-top", type=int, default=3)
+    ap.add_argument("--record", default=None, help="append the same lines to this committed file (docs/results/ensembles.jsonl)")
     ap.add_argument("--diagnose", action="store_true",
                     help="per result line: median P(pneumonia) of each class on validation and test, and the test-oracle "
                          "threshold's accuracy and specificity at 93%% sensitivity (a diagnostic of the shift, never a choice)")
@@ -164,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
             out.append({"task": "multiclass", "name": f"{n} (validation rank {i + 1})", "passes": len(m), "tta": tta, **s})
     if ns.json:
         with open(ns.json, "w") as fh:
+            fh.writelines(json.dumps(e) + "\n" for e in out)
+    if ns.record:
+        with open(ns.record, "a") as fh:
             fh.writelines(json.dumps(e) + "\n" for e in out)
     return 0
 

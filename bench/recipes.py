@@ -12,7 +12,10 @@ chosen on the patient-level validation split by AUROC / accuracy with log-loss t
 and the test ECE before/after it, the validation-chosen thresholds (Youden, sensitivity >= 0.95),
 the lung focus of HiResCAM at the stride-16 map on the official test films, and seconds. With
 ``--probe``, a logistic-regression screen on the pooled features of the frozen network too.
-``--json`` appends one line per result to a file. The test split is never used for a choice.
+``--json`` appends one line per result to a file (with the per-image probabilities ``bench.ensembles`` needs: keep it
+under the git-ignored registry-research/); ``--record`` appends the same line without them to a committed file
+(docs/results/levers.jsonl, what ``python -m train.results`` builds the lever screen from). The test split is never
+used for a choice.
 """
 
 from __future__ import annotations
@@ -403,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shift-probe", action="store_true", help="how far test films sit from train/ films, per class (see shift_probe)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default="registry-research/_features")
-    ap.add_argument("--json", default=None, help="append one JSON line per result here")
+    ap.add_argument("--json", default=None, help="append one JSON line per result here (with per-image probabilities)")
+    ap.add_argument("--record", default=None,
+                    help="append one JSON line per result, without per-image probabilities, here (docs/results/levers.jsonl)")
     ap.add_argument("--save-cams", action="store_true")
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
@@ -434,11 +439,14 @@ def main(argv: list[str] | None = None) -> int:
                  epochs=args.epochs, lr=args.lr, label_smoothing=args.label_smoothing, seconds_maps=t_maps, seed=tail_seed,
                  split_seed=args.seed, tta=args.tta, threads=args.threads, command=command)
         print(summary(r, args.tta), flush=True)
+        keep = {k: v for k, v in r.items() if not k.endswith(":probs")}
         if args.json:
-            keep = {k: v for k, v in r.items() if not k.endswith(":probs")}
             probs = {k: v.tolist() for k, v in r.items() if k.endswith(":probs")}
             with open(args.json, "a") as fh:
                 fh.write(json.dumps({**keep, "probs": probs}, default=float) + "\n")
+        if args.record:
+            with open(args.record, "a") as fh:
+                fh.write(json.dumps(keep, default=float) + "\n")
     return 0
 
 

@@ -6,7 +6,9 @@
 Every classifier entry of every root becomes a section: the command that reproduces it,
 device, seconds, epochs, images/s, and its test metrics plain, with TTA and at the
 threshold chosen on validation (Youden). Entries trained on synthetic phantoms are marked
-as such; broken entries are listed with their reason. ``--levers`` / ``--ensembles`` add the
+as such; broken entries are listed with their reason. ``--levers`` / ``--ensembles`` (the
+committed docs/results/levers.jsonl and docs/results/ensembles.jsonl: metric lines that
+``python -m bench.recipes --record`` and ``python -m bench.ensembles --record`` append) add the
 lever screen (with the seed spread) and the ensemble table; a hand-written block of the
 previous output between ``<!-- notes: hand-written, kept by train.results -->`` and
 ``<!-- /notes -->`` is kept.
@@ -336,7 +338,9 @@ def lever_table(path: Path) -> list[str]:
             pca = test["per_class_accuracy"]
             fig = (f"{_pct(val['accuracy'])} | {_pct(test['accuracy'])} / {_pct(tt.get('accuracy'))} | {_num(test['auroc_ovr'])} / "
                    f"{_num(tt.get('auroc_ovr'))} | " + " / ".join(_pct(v) for v in pca.values()))
-        rows.append(f"| {lever} | {r['task']} | {r['seconds_train'] / 60:.1f} | {fig} | {_num(test['ece'], 3)} → "
+        minutes = r["seconds_train"] / 60 if "seconds_train" in r else r["minutes_train"]
+        lever += " †" if r.get("recovered") else ""
+        rows.append(f"| {lever} | {r['task']} | {minutes:.1f} | {fig} | {_num(test['ece'], 3)} → "
                     f"{_num(test.get('ece_calibrated'), 3)} | {_pct(r['lung_peak80'])} / {_pct(r['lung_mass80'])} |")
         if r.get("command") and r["command"] not in commands:
             commands.append(r["command"])
@@ -348,6 +352,7 @@ def lever_table(path: Path) -> list[str]:
         "|---|---|---:|---:|---:|---:|---|---|---|",
         *rows,
     ]
+    out += _recovered_note(_lever_lines(path))
     if commands:
         out += ["", "Commands of the rows that record theirs (each appends one line per cut, tail seed and task):", "",
                 *(f"- `{c}`" for c in commands)]
@@ -399,12 +404,162 @@ def ensemble_table(path: Path) -> list[str]:
         else:
             fig = (f"{_pct(e['val_acc'])} / {_pct(e.get('val_acc_tta'))} | — | {_pct(e['test_acc'])} / {_pct(e.get('test_acc_tta'))} | "
                    "recall n/b/v " + " / ".join(_pct(v) for v in e["recall"]))
-        rows.append(f"| {e['name']} | {e['task']} | {cost} | {fig} |")
+        rows.append(f"| {e['name']}{' †' if e.get('recovered') else ''} | {e['task']} | {cost} | {fig} |")
     if not rows:
         return []
-    return ["| ensemble (probabilities averaged) | task | forward passes per upload | val AUROC / accuracy plain / TTA | "
+    return _recovered_note(_lever_lines(path), before=False) + ["| ensemble (probabilities averaged) | task | forward passes per upload | val AUROC / accuracy plain / TTA | "
             "test AUROC plain / TTA | test accuracy @0.5 (argmax) plain / TTA | binary: test accuracy (sens / spec) "
             "@Youden(val); @sens95(val) · 3-class: test recall |", "|---|---|---|---:|---:|---:|---|", *rows]
+
+
+def _recovered_note(records: list[dict[str, Any]], before: bool = True) -> list[str]:
+    """A line saying which rows (†) were recovered from an earlier document rather than from their run's JSON line."""
+    sources = sorted({r["recovered"] for r in records if r.get("recovered")})
+    if not sources:
+        return []
+    line = (f"† {sum(1 for r in records if r.get('recovered'))} rows recovered from {', '.join(sources)}: their JSON lines "
+            "(in the git-ignored registry-research/) were lost, so these records hold only the figures that document "
+            "printed, at its precision.")
+    return ["", line] if before else [line, ""]
+
+
+# --- recovering the lever and ensemble rows of an earlier RESULTS.md (their JSON lines were lost) ----------------
+
+#: The committed metric records the lever screen and ensemble tables are generated from (no probabilities, no pixels).
+LEVERS_FILE = Path("docs/results/levers.jsonl")
+ENSEMBLES_FILE = Path("docs/results/ensembles.jsonl")
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _f(s: str) -> float | None:
+    """A printed figure back to its value: '86.5%' → 0.865, '0.9985' → 0.9985, '—' → None."""
+    s = s.strip()
+    if s in ("—", ""):
+        return None
+    return round(float(s[:-1]) / 100, 6) if s.endswith("%") else float(s)
+
+
+def _pair(s: str, sep: str = "/") -> list[float | None]:
+    return [_f(x) for x in s.split(sep)]
+
+
+def _table_after(md: str, heading: str) -> list[list[str]]:
+    """The body rows (cells) of the first table after ``heading``."""
+    i = md.find(heading)
+    if i < 0:
+        return []
+    rows, started = [], False
+    for line in md[i:].splitlines()[1:]:
+        if line.startswith("|"):
+            started = True
+            rows.append(_cells(line))
+        elif started:
+            break
+    return [r for r in rows[2:]]
+
+
+def _parse_lever_name(name: str) -> dict[str, Any]:
+    parts = name.split(" · ")
+    arch, size, _ = parts[0].split()
+    r: dict[str, Any] = {"arch": f"tf_efficientnet_{arch}", "size": int(size)}
+    for p in parts[1:]:
+        if p.startswith("freeze "):
+            r["cut"] = int(p.split()[1])
+        elif p.endswith(" views"):
+            r["views"] = int(p.split()[0])
+        elif p == "strong aug":
+            r["strong_augment"] = True
+        elif p == "CLAHE":
+            r["clahe"] = True
+        elif p.startswith("crop "):
+            r["crop"] = float(p.split()[1])
+        elif p.startswith("seed "):
+            r["seed"] = int(p.split()[1])
+        else:
+            raise ValueError(f"unknown lever part {p!r} in {name!r}")
+    return r
+
+
+def _parse_lever_row(c: list[str], source: str) -> dict[str, Any]:
+    """One printed lever-screen row → the record that prints it again (figures as printed, nothing else)."""
+    r = {"recovered": source, **_parse_lever_name(c[0]), "task": c[1], "minutes_train": float(c[2])}
+    acc, auroc, ece, lung = _pair(c[4]), _pair(c[5]), _pair(c[7], "→"), _pair(c[8])
+    auc_key = "auroc" if r["task"] == "binary" else "auroc_ovr"
+    test = {"accuracy": acc[0], auc_key: auroc[0], "ece": ece[0], "ece_calibrated": ece[1]}
+    if r["task"] == "binary":
+        r["val"] = {"auroc": _f(c[3])}
+        at05, youden = c[6].split(";")
+        test["sensitivity"], test["specificity"] = _pair(at05.replace("@0.5", ""))
+        ys, ysp = _pair(youden.replace("@Youden(val)", ""))
+        r["test@youden_val"] = {"sensitivity": ys, "specificity": ysp}
+    else:
+        r["val"] = {"accuracy": _f(c[3])}
+        test["per_class_accuracy"] = dict(zip(("normal", "bacteria", "virus"), _pair(c[6]), strict=True))
+    r["test"], r["test_tta"] = test, {"accuracy": acc[1], auc_key: auroc[1]}
+    r["lung_peak80"], r["lung_mass80"] = lung
+    return r
+
+
+def _command_matches(cmd: str, r: dict[str, Any]) -> bool:
+    """Whether ``python -m bench.recipes`` line ``cmd`` produces record ``r`` (one line per cut, tail seed and task)."""
+    ap = argparse.ArgumentParser(add_help=False)
+    for flag, kw in (("--arch", {"default": "tf_efficientnet_lite0"}), ("--size", {"type": int, "default": 224}),
+                     ("--views", {"type": int, "default": 2}), ("--cuts", {"type": int, "nargs": "*", "default": [6]}),
+                     ("--tasks", {"nargs": "*", "default": ["binary", "multiclass"]}), ("--seed", {"type": int, "default": 0}),
+                     ("--tail-seeds", {"type": int, "nargs": "*", "default": None}),
+                     ("--crop-fraction", {"type": float, "default": 1.0})):
+        ap.add_argument(flag, **kw)
+    for flag in ("--clahe", "--strong-augment"):
+        ap.add_argument(flag, action="store_true")
+    a, _ = ap.parse_known_args(shlex.split(cmd)[3:])
+    return (a.arch == r["arch"] and a.size == r["size"] and a.views == r["views"] and r["cut"] in a.cuts
+            and r["task"] in a.tasks and r.get("seed", 0) in (a.tail_seeds or [a.seed]) and a.clahe == bool(r.get("clahe"))
+            and a.strong_augment == bool(r.get("strong_augment")) and a.crop_fraction == r.get("crop", 1.0))
+
+
+def recover_levers(md: str, source: str) -> list[dict[str, Any]]:
+    """The lever-screen rows of an earlier RESULTS.md as records, each with the listed command that produced it
+    (attached only when exactly one listed command's flags produce that row)."""
+    rows = [_parse_lever_row(c, source) for c in _table_after(md, "## Lever screen")]
+    i = md.find("Commands of the rows that record theirs")
+    commands = []
+    for line in md[i:].splitlines()[1:] if i >= 0 else []:
+        if line.startswith("- `python -m bench.recipes"):
+            commands.append(line[3:-1])
+        elif commands and not line.strip() == "":
+            break
+    for r in rows:
+        hits = [c for c in commands if _command_matches(c, r)]
+        if len(hits) == 1:
+            r["command"] = hits[0]
+    return rows
+
+
+def recover_ensembles(md: str, source: str) -> list[dict[str, Any]]:
+    """The ensemble rows of an earlier RESULTS.md as records (figures as printed)."""
+    out = []
+    for c in _table_after(md, "## Ensembles"):
+        passes, rest = c[2].split(" (", 1)
+        e: dict[str, Any] = {"recovered": source, "task": c[1], "name": c[0], "passes": int(passes),
+                             "tta": int(rest.rsplit("×", 1)[1].rstrip(")"))}
+        val, acc = _pair(c[3]), _pair(c[5])
+        if e["task"] == "binary":
+            auroc = _pair(c[4])
+            youden, sens95 = c[6].split(";")
+            e.update(val_auroc=val[0], val_auroc_tta=val[1], test_auroc=auroc[0], test_auroc_tta=auroc[1],
+                     test_acc=acc[0], test_acc_tta=acc[1])
+            for name, part in (("youden", youden), ("sens95", sens95)):
+                a, sens_spec = part.strip().rstrip(")").split(" (")
+                e[f"test_acc_{name}"] = _f(a)
+                e[f"sens_{name}"], e[f"spec_{name}"] = _pair(sens_spec)
+        else:
+            e.update(val_acc=val[0], val_acc_tta=val[1], test_acc=acc[0], test_acc_tta=acc[1],
+                     recall=_pair(c[6].replace("recall n/b/v", "")))
+        out.append(e)
+    return out
 
 
 #: A hand-written block of docs/RESULTS.md between these markers survives regeneration (train.results keeps it).
@@ -491,15 +646,36 @@ def build_markdown(roots: list[Path], levers: Path | None = None, ensembles: Pat
     return "\n".join(out).rstrip() + "\n"
 
 
+def _recover(old: Path, label: str, levers: Path, ensembles: Path) -> None:
+    import json
+
+    md = old.read_text()
+    for path, records in ((levers, recover_levers(md, label)), (ensembles, recover_ensembles(md, label))):
+        if path.is_file() and path.read_text().strip():
+            raise SystemExit(f"{path} already holds lines: not recovering into it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        print(f"recovered {len(records)} rows from {old} into {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.results", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", action="append", default=None, help="registry root (repeatable; default $CXR_REGISTRY or ./registry)")
     p.add_argument("--out", default="docs/RESULTS.md")
-    p.add_argument("--levers", default=None, help="JSON lines of python -m bench.recipes --json (the lever screen table)")
-    p.add_argument("--ensembles", default=None, help="JSON lines of python -m bench.ensembles --json (the ensemble table)")
+    p.add_argument("--levers", default=None,
+                   help=f"JSON lines of python -m bench.recipes --record (the lever screen table; committed: {LEVERS_FILE})")
+    p.add_argument("--ensembles", default=None,
+                   help=f"JSON lines of python -m bench.ensembles --record (the ensemble table; committed: {ENSEMBLES_FILE})")
+    p.add_argument("--recover-from", default=None, metavar="OLD_RESULTS_MD",
+                   help="once: write the lever and ensemble rows printed in an earlier RESULTS.md as records to --levers / "
+                        "--ensembles (figures as printed; refuses files that already hold lines), then regenerate")
+    p.add_argument("--recover-label", default=None, help="where OLD_RESULTS_MD came from (stored in each recovered record)")
     ns = p.parse_args(argv)
     roots = [Path(r) for r in (ns.root or [str(registry_root(None))])]
     out = Path(ns.out)
+    if ns.recover_from:
+        _recover(Path(ns.recover_from), ns.recover_label or ns.recover_from, Path(ns.levers or LEVERS_FILE),
+                 Path(ns.ensembles or ENSEMBLES_FILE))
     notes = kept_notes(out.read_text()) if out.is_file() else None
     text = build_markdown(roots, Path(ns.levers) if ns.levers else None, Path(ns.ensembles) if ns.ensembles else None, notes)
     out.parent.mkdir(parents=True, exist_ok=True)
