@@ -95,7 +95,8 @@ def _knn_stage(predictor: Any) -> tuple[Callable[[np.ndarray], Any] | None, str]
 
 
 def run(registry: Path, images: Path, n: int = 20, warmup: int = 2, threads: int | None = None,
-        log: Callable[[str], None] = print, blas_ab: bool = False) -> PipelineResult:
+        log: Callable[[str], None] = print, blas_ab: bool = False, handoff: bool = True) -> PipelineResult:
+    from cxr_core import feature_recon
     from cxr_core.anomaly import anomaly_entries, load_detector, shared_backbone, worse_than_chance
     from cxr_core.config import DecodeLimits
     from cxr_core.explain import Explainer
@@ -120,6 +121,8 @@ def run(registry: Path, images: Path, n: int = 20, warmup: int = 2, threads: int
     predictor = Predictor.from_registry(str(registry), statuses=statuses)
     if "binary" not in predictor.classifiers:
         raise SystemExit(f"{registry} has no binary classifier")
+    if not handoff:  # --no-handoff: feature reconstruction detectors run their own backbone pass
+        predictor.handoff_stages = {}
     binary = predictor.classifiers["binary"]
     res = PipelineResult(str(registry), 0, torch.get_num_threads(), input_size=binary.spec.size)
     explainer = Explainer.from_loaded(binary)
@@ -196,6 +199,7 @@ def run(registry: Path, images: Path, n: int = 20, warmup: int = 2, threads: int
                 fwds.append(time.perf_counter() - t5)
         return t, statistics.median(fwds), x
 
+    handed = (feature_recon.STAGE_HANDOFF.taken, feature_recon.STAGE_HANDOFF.missed)
     for i, path in enumerate(files):
         if blas_ab:
             arms = [("capped", capped), ("uncapped", uncapped)][:: 1 if i % 2 == 0 else -1]
@@ -218,6 +222,14 @@ def run(registry: Path, images: Path, n: int = 20, warmup: int = 2, threads: int
         log(f"  {path.name}: whole {total * 1000:.0f} ms, forward {fwd * 1000:.0f} ms")
     if blas_ab:
         return res
+    recon = [d.name for d in detectors if d.recon is not None]
+    if recon:
+        taken = feature_recon.STAGE_HANDOFF.taken - handed[0]
+        missed = feature_recon.STAGE_HANDOFF.missed - handed[1]
+        res.notes.append(f"feature reconstruction detector(s) {', '.join(f'`{r}`' for r in recon)}: feature maps taken from "
+                         f"the classification pass for {taken} of {taken + missed} scorings (warm-up included), "
+                         f"the others ran their own backbone pass (within `anomaly_*`)"
+                         + ("" if handoff else "; hand-off switched off (--no-handoff)"))
     # The in-loop reference runs right after the other networks, caches cold; a forward repeated
     # back to back is the cheapest it gets, and the stricter yardstick for the ratio.
     with torch.inference_mode():
@@ -289,6 +301,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-n", type=int, default=20, help="images measured after warm-up")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--no-handoff", action="store_true",
+                   help="feature reconstruction detectors run their own backbone pass even when the classification "
+                        "pass computed their feature maps (the cost before the hand-off)")
     p.add_argument("--blas-ab", action="store_true",
                    help="A/B of the serving BLAS cap (cxr_core.runtime): each image through the whole pipeline "
                         "with one BLAS thread and with the default, interleaved, in one process")
@@ -297,7 +312,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     ns = parse(argv)
-    res = run(Path(ns.registry), Path(ns.images), ns.n, ns.warmup, ns.threads, blas_ab=ns.blas_ab)
+    res = run(Path(ns.registry), Path(ns.images), ns.n, ns.warmup, ns.threads, blas_ab=ns.blas_ab, handoff=not ns.no_handoff)
     cmd = "python -m bench.predict_pipeline " + " ".join(argv if argv is not None else sys.argv[1:])
     if ns.blas_ab:
         med = statistics.median

@@ -21,12 +21,20 @@ Either way the per-position error is an **anomaly map** (G×G at stride 16, 14×
 film, as for the pixel autoencoder): the mean, or the mean of the highest
 ``top_fraction`` of positions. Weights are stored as safetensors, the recipe as the
 card's ``feature_recon`` dict (:meth:`ReconConfig.to_dict`); nothing is pickled.
+
+A detector at the classifiers' input spec need not run its own backbone pass: classifiers
+with frozen ImageNet stages (the release's recipe) compute the same feature maps on their
+way to the logits, and ``predict.Predictor`` hands them over (:class:`StageHandoff`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -45,6 +53,8 @@ from .progress import StepProgress as Progress
 RECON_KINDS: tuple[str, ...] = ("inpaint", "distill")
 #: Pooling of the per-position error over the scored box.
 RECON_POOLING: tuple[str, ...] = ("mean", "top")
+#: Stages a detector may tap (strides 4 to 16).
+RECON_TAPS: tuple[str, ...] = ("1", "2", "3", "4")
 
 
 @dataclass
@@ -97,7 +107,7 @@ class ReconConfig:
             raise ValueError(f"kind must be one of {RECON_KINDS}, got {self.kind!r}")
         if self.pooling not in RECON_POOLING:
             raise ValueError(f"pooling must be one of {RECON_POOLING}, got {self.pooling!r}")
-        if not self.layers or any(x not in ("1", "2", "3", "4") for x in self.layers):
+        if not self.layers or any(x not in RECON_TAPS for x in self.layers):
             raise ValueError(f"layers must be some of blocks 1-4 (stride <= 16), got {self.layers}")
         if self.size % 32:
             raise ValueError(f"size must be a multiple of 32, got {self.size}")
@@ -110,6 +120,13 @@ class ReconConfig:
 def grid_size(size: int) -> int:
     """Side of the stride-16 grid every tapped block is brought to."""
     return size // 16
+
+
+def taps_on_grid(outputs: dict[int, torch.Tensor], layers: Sequence[str], g: int) -> torch.Tensor:
+    """(N, C, G, G) float32: the stage outputs ``{stage index: (N, C_i, h, w)}`` of ``layers``, those at
+    strides finer than 16 average-pooled onto the G×G grid, concatenated in ``layers`` order."""
+    taps = [outputs[int(x)] for x in layers]
+    return torch.cat([F.adaptive_avg_pool2d(h, g) if h.shape[-1] != g else h for h in taps], 1).float().contiguous()
 
 
 @torch.inference_mode()
@@ -127,7 +144,7 @@ def extract_maps(
     its stages as its ArchSpec names them) for prepared uint8 images (N, S, S).
 
     Blocks at strides finer than 16 are average-pooled onto the stride-16 grid; the
-    blocks' channels are concatenated in ``layers`` order.
+    blocks' channels are concatenated in ``layers`` order (:func:`taps_on_grid`).
     """
     arr = images_u8 if images_u8.flags.writeable else np.array(images_u8)
     g = grid_size(arr.shape[-1])
@@ -139,12 +156,12 @@ def extract_maps(
         h = x
         for mod in stem:
             h = mod(h)
-        taps = []
+        outputs = {}
         for bi in range(max(want) + 1):
             h = stages[bi](h)
             if bi in want:
-                taps.append(F.adaptive_avg_pool2d(h, g) if h.shape[-1] != g else h)
-        out.append(torch.cat(taps, 1).float())
+                outputs[bi] = h
+        out.append(taps_on_grid(outputs, layers, g))
         if progress:
             progress(min(i + batch_size, len(arr)), len(arr))
     return torch.cat(out).numpy()
@@ -403,13 +420,102 @@ def upsample_map(error_map: np.ndarray, size: int) -> np.ndarray:
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
+# --------------------------------------------------------------------------------------------
+# stage outputs handed over by the classification pass
+
+
+def _same_weights(a: Sequence[nn.Module], b: Sequence[nn.Module]) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        sa, sb = x.state_dict(), y.state_dict()
+        if sa.keys() != sb.keys() or not all(torch.equal(sa[k], sb[k]) for k in sa):
+            return False
+    return True
+
+
+class StageHandoff:
+    """Frozen-stage outputs that another pass over the same prepared image already computed.
+
+    Classifiers trained with frozen ImageNet stages (``freeze_stages``, the release's CPU recipe)
+    compute, on their way to the logits, exactly the feature maps a detector with the classifier's
+    input spec taps. ``predict.Predictor`` offers them (:meth:`offer`, keyed by the prepared image,
+    its spec and the architecture); :func:`detector_maps` takes them (:meth:`take`) instead of running
+    its own backbone pass, once it has checked (once per offering network) that the network's stem
+    and stages hold the detector's pretrained weights bit for bit. A detector whose spec differs
+    never matches a key and keeps its own pass. Thread-safe: app sessions share one process.
+    """
+
+    def __init__(self, capacity: int = 4):
+        self.capacity = capacity
+        self._items: OrderedDict[tuple, tuple[nn.Module, dict[int, torch.Tensor]]] = OrderedDict()
+        self._checked: weakref.WeakKeyDictionary[nn.Module, dict[tuple, bool]] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        #: Images whose maps were taken from an offer / computed by the detector's own pass.
+        self.taken, self.missed = 0, 0
+
+    @staticmethod
+    def key(images_u8: np.ndarray, spec: InputSpec, architecture: str) -> tuple:
+        return hashlib.sha1(np.ascontiguousarray(images_u8).tobytes()).hexdigest(), images_u8.shape, spec, architecture
+
+    def offer(self, images_u8: np.ndarray, spec: InputSpec, architecture: str, source: nn.Module,
+              outputs: dict[int, torch.Tensor]) -> None:
+        """Stage outputs ``{stage index: (N, C, h, w)}`` of ``source`` (the whole network) for prepared images."""
+        k = self.key(images_u8, spec, architecture)
+        with self._lock:
+            self._items[k] = (source, outputs)
+            self._items.move_to_end(k)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def _holds_backbone(self, source: nn.Module, backbone: nn.Module, architecture: str, depth: int) -> bool:
+        with self._lock:
+            memo = self._checked.setdefault(source, {})
+            k = (id(backbone), architecture, depth)
+            if k not in memo:
+                stem_a, stages_a, _ = model_stages(source, architecture)
+                stem_b, stages_b, _ = model_stages(backbone, architecture)
+                memo[k] = _same_weights(stem_a, stem_b) and _same_weights(stages_a[: depth + 1], stages_b[: depth + 1])
+            return memo[k]
+
+    def take(self, images_u8: np.ndarray, spec: InputSpec, architecture: str, layers: Sequence[str],
+             backbone: nn.Module) -> dict[int, torch.Tensor] | None:
+        """The offered outputs of ``layers`` when an offer for these images holds them and came from a
+        network whose stages up to the deepest tap equal ``backbone``'s; else None."""
+        want = [int(x) for x in layers]
+        with self._lock:
+            hit = self._items.get(self.key(images_u8, spec, architecture))
+        ok = hit is not None and all(i in hit[1] for i in want)
+        if not ok or not self._holds_backbone(hit[0], backbone, architecture, max(want)):  # type: ignore[index]
+            self.missed += 1
+            return None
+        self.taken += 1
+        return {i: hit[1][i] for i in want}  # type: ignore[index]
+
+
+#: The process's hand-off from the classification pass to the feature reconstruction detectors.
+STAGE_HANDOFF = StageHandoff()
+
+
+def detector_maps(det: FeatureReconDetector, model: nn.Module, spec: InputSpec, images_u8: np.ndarray) -> np.ndarray:
+    """(N, C, G, G) feature maps a detector scores: handed over by the classification pass when it computed
+    them for this very image (:data:`STAGE_HANDOFF`, single uploads), else from its own pass through ``model``."""
+    arch, layers = det.cfg.architecture, det.cfg.layers
+    if len(images_u8) == 1:
+        outputs = STAGE_HANDOFF.take(images_u8, spec, arch, layers, model)
+        if outputs is not None:
+            return taps_on_grid(outputs, layers, grid_size(images_u8.shape[-1])).numpy()
+    return extract_maps(model, images_u8, spec, layers, architecture=arch)
+
+
 @torch.inference_mode()
 def score_images(
     det: FeatureReconDetector, model: nn.Module, spec: InputSpec, images_u8: np.ndarray, *, want_maps: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Scores (N,) of prepared uint8 images (N, S, S) through the frozen ``model``; with ``want_maps``
-    also the error maps upsampled to the input size (N, S, S)."""
-    maps = extract_maps(model, images_u8, spec, det.cfg.layers)
+    """Scores (N,) of prepared uint8 images (N, S, S) through the frozen ``model`` (or the maps the
+    classification pass handed over, :func:`detector_maps`); with ``want_maps`` also the error maps
+    upsampled to the input size (N, S, S)."""
+    maps = detector_maps(det, model, spec, images_u8)
     err = det.error_maps(maps)
     scores = det.score_maps(err)
     if not want_maps:

@@ -144,6 +144,24 @@ class Predictor:
         self.trunk_depth = (
             min(shared_trunk_depth(classifiers[tasks[0]], classifiers[t]) for t in tasks[1:]) if len(tasks) > 1 else 0
         )
+        #: Trunk stages (module name → stage index) whose outputs the shared pass offers to the feature
+        #: reconstruction detectors (``feature_recon.STAGE_HANDOFF``); empty: nothing is offered.
+        self.handoff_stages = self._handoff_stages()
+
+    def _handoff_stages(self) -> dict[str, int]:
+        """The shared trunk's stages a feature reconstruction detector may tap (``feature_recon.RECON_TAPS``)."""
+        from .archs import arch_spec, named_stages
+        from .feature_recon import RECON_TAPS
+        from .models import _unwrap
+
+        if not self.trunk_depth:
+            return {}
+        first = next(iter(self.classifiers.values()))
+        try:
+            _, stages, _ = named_stages(arch_spec(first.architecture), _unwrap(first.model))
+        except (ValueError, KeyError):
+            return {}
+        return {name: i for i, (name, _) in enumerate(stages[: self.trunk_depth]) if str(i) in RECON_TAPS}
 
     @classmethod
     def from_registry(cls, root: str | None = None, statuses: list[EntryStatus] | None = None) -> Predictor:
@@ -194,8 +212,14 @@ class Predictor:
         h = normalize(to_float(torch.from_numpy(np.ascontiguousarray(x_u8) if x_u8.flags.writeable else np.array(x_u8))), first.spec)
         h = h.contiguous(memory_format=torch.channels_last)
         # Module names are the same in both models (one architecture), so the trunk's kept outputs serve both.
-        wanted_any = {name for names in self._kept_layers.values() for name in names} if keep else set()
+        wanted_any = {name for names in self._kept_layers.values() for name in names} | set(self.handoff_stages) if keep else set()
         h, trunk_kept = run_steps(feature_steps(first.model, arch)[:trunk_len], h, wanted_any)
+        if keep and self.handoff_stages:
+            from .feature_recon import STAGE_HANDOFF
+
+            # The frozen stages' outputs for a feature reconstruction detector with this input spec (no second pass).
+            STAGE_HANDOFF.offer(x_u8, first.spec, arch, _unwrap(first.model),
+                                {i: trunk_kept[name] for name, i in self.handoff_stages.items() if name in trunk_kept})
         t2 = time.perf_counter()
         out, timings = {}, {"classify_shared_trunk": t2 - t1}
         for task, clf in self.classifiers.items():
