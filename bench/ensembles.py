@@ -30,6 +30,8 @@ def _name(r: dict[str, Any], seed: bool = True) -> str:
     return (f"{r['arch'].replace('tf_efficientnet_', '')}-{r['size']}-v{r['views']}-c{r['cut']}"
             + (f"-s{r.get('seed', 0)}" if seed else "")
             + ("-strong" if r.get("strong_augment") else "") + ("-clahe" if r.get("clahe") else "")
+            + ("-letters" if r.get("mask_letters") else "") + (f"-border{r['mask_border']:g}" if r.get("mask_border") else "")
+            + ("-histmatch" if r.get("hist_ref") else "")
             + (f"-crop{r['crop']}" if r.get("crop", 1.0) != 1.0 else ""))
 
 

@@ -360,6 +360,19 @@ def shift_probe(maps: dict[str, torch.Tensor], arrays: dict[str, np.ndarray], bi
     return lines
 
 
+def with_histogram_reference(args: Any, spec: Any, cache: Path) -> Any:
+    """``spec`` with ``hist_ref``: the quantiles of the mean grey histogram of the train split's films, prepared with
+    ``spec`` (masking included, histogram matching not yet), so validation and test films never shape it."""
+    from dataclasses import replace
+
+    from cxr_core.imaging import histogram_quantiles, mean_histogram
+
+    arrays, _ = decoded(args.data, spec, args.seed, 0.1, cache)
+    ref = histogram_quantiles(mean_histogram(arrays["train"]))
+    _log(f"histogram reference (train split, {len(arrays['train'])} films): {ref}")
+    return replace(spec, hist_ref=ref)
+
+
 def summary(r: dict[str, Any], tta: int) -> str:
     def b(m: dict[str, Any]) -> str:
         if r["task"] == "binary":
@@ -390,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--clahe", action="store_true")
     ap.add_argument("--crop-fraction", type=float, default=1.0)
+    ap.add_argument("--mask-letters", action="store_true", help="paint burnt-in letters over (imaging.mask_letters)")
+    ap.add_argument("--mask-border", type=float, default=0.0, help="replace this fraction of each border (imaging.mask_border)")
+    ap.add_argument("--hist-match", action="store_true",
+                    help="match each film's grey histogram to the mean histogram of the train split's films (after masking)")
     ap.add_argument("--views", type=int, default=2, help="cached training views (view 0 plain)")
     ap.add_argument("--tta", type=int, default=4)
     ap.add_argument("--strong-augment", action="store_true", help="rotate 12, shift 0.10, zoom 0.15, contrast/brightness 0.25")
@@ -416,9 +433,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     cache = Path(args.cache)
     _, info = create_model(args.arch, 1, pretrained=False)
-    spec = InputSpec(size=args.size, mean=info.mean, std=info.std, crop_fraction=args.crop_fraction, clahe=args.clahe)
+    spec = InputSpec(size=args.size, mean=info.mean, std=info.std, crop_fraction=args.crop_fraction, clahe=args.clahe,
+                     mask_letters=args.mask_letters, mask_border=args.mask_border)
     aug = AugmentConfig(rotate_deg=12, shift=0.10, zoom=0.15, contrast=0.25, brightness=0.2) if args.strong_augment else AugmentConfig()
     t0 = time.perf_counter()
+    spec = with_histogram_reference(args, spec, cache) if args.hist_match else spec
     arrays, samples = decoded(args.data, spec, args.seed, 0.1, cache)
     _log(f"decoded {[a.shape for a in arrays.values()]} in {time.perf_counter() - t0:.0f}s")
     tag = json.dumps([args.arch, spec.to_dict(), [a.shape for a in arrays.values()]])
@@ -435,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             _log(line)
     for cut, tail_seed, task in ((c, s, t) for c in args.cuts for s in (args.tail_seeds or [args.seed]) for t in args.tasks):
         r = train_tail(task, args.arch, cut, maps, targets[task], args, tail_seed)
+        r.update(mask_letters=args.mask_letters, mask_border=args.mask_border, hist_ref=list(spec.hist_ref))
         r.update(size=args.size, clahe=args.clahe, crop=args.crop_fraction, views=args.views, strong_augment=args.strong_augment,
                  epochs=args.epochs, lr=args.lr, label_smoothing=args.label_smoothing, seconds_maps=t_maps, seed=tail_seed,
                  split_seed=args.seed, tta=args.tta, threads=args.threads, command=command)

@@ -61,14 +61,22 @@ class InputSpec:
     crop_fraction: float = 1.0
     #: Apply CLAHE (contrast-limited adaptive histogram equalisation) before resizing.
     clahe: bool = False
+    #: Film-level options (``imaging.film_options``, applied first): paint burnt-in letters over, replace this
+    #: fraction of each border by the film's edge inside it, match the grey histogram to these quantiles (evenly
+    #: spaced levels 0..1) of the training films' mean histogram. Off by default; cards without them read as off.
+    mask_letters: bool = False
+    mask_border: float = 0.0
+    hist_ref: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Film options at their defaults are left out: cards and cache keys stay those of specs made before them.
+        off = {"mask_letters": False, "mask_border": 0.0, "hist_ref": ()}
+        return {k: v for k, v in asdict(self).items() if not (k in off and v == off[k])}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InputSpec:
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        for key in ("mean", "std"):
+        for key in ("mean", "std", "hist_ref"):
             if key in known:
                 known[key] = tuple(float(v) for v in known[key])
         return cls(**known)

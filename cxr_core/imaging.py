@@ -934,3 +934,89 @@ def sniff_format(head: bytes) -> str | None:
     without decoding every file twice.
     """
     return _sniff(head) or ("DICOM" if _looks_like_bare_dicom(head) else None)
+
+
+# --- film-level grey operations (issue 14: "why the test normals fail") ------------------------------------------
+# ``preprocess.prepare`` applies them, before CLAHE, crop and resize, when the card's ``InputSpec`` asks for them.
+
+
+def mask_letters(gray: np.ndarray, ground_size: float = 0.06, ratio: float = 0.25, min_grey: int = 160,
+                 max_area: float = 0.006, max_side: float = 0.12, centre: tuple[float, float] = (0.12, 0.88)) -> np.ndarray:
+    """Burnt-in letters and markers painted over with the film's ground around them.
+
+    The ground is a grey opening wider than a letter's strokes (``ground_size`` of the shorter side). A mark is a
+    connected set of pixels at least ``min_grey`` whose ground is at most ``ratio`` of their grey (bright print on the
+    dark margin; ribs and bone on soft tissue fail it), no larger than ``max_area`` of the film nor longer than
+    ``max_side`` of its shorter side, and centred outside the film's central box (``centre``, as fractions: where the
+    lungs are). Marks, grown by 1 % of the shorter side, take the ground's grey."""
+    from scipy import ndimage
+
+    h, w = gray.shape
+    k = max(3, round(ground_size * min(h, w)) | 1)
+    ground = ndimage.grey_opening(gray, size=(k, k))
+    labels, n = ndimage.label((gray >= min_grey) & (ground <= ratio * gray.astype(np.float32)), structure=np.ones((3, 3), bool))
+    if n == 0:
+        return gray
+    keep = np.bincount(labels.ravel(), minlength=n + 1) <= max_area * h * w
+    keep[0] = False
+    for i, (ys, xs) in enumerate(ndimage.find_objects(labels), start=1):
+        cy, cx = (ys.start + ys.stop) / (2 * h), (xs.start + xs.stop) / (2 * w)
+        central = centre[0] < cy < centre[1] and centre[0] < cx < centre[1]
+        keep[i] &= max(ys.stop - ys.start, xs.stop - xs.start) <= max_side * min(h, w) and not central
+    marks = ndimage.binary_dilation(keep[labels], iterations=max(1, round(0.01 * min(h, w))))
+    out = gray.copy()
+    out[marks] = ground[marks]
+    return out
+
+
+def mask_border(gray: np.ndarray, fraction: float) -> np.ndarray:
+    """The outer ``fraction`` of each side replaced by the film's edge just inside it (edge replication): film
+    borders, scanner lines and labels in the margin carry nothing, and no artificial frame is drawn."""
+    h, w = gray.shape
+    bh, bw = min(round(fraction * h), (h - 1) // 2), min(round(fraction * w), (w - 1) // 2)
+    if bh <= 0 and bw <= 0:
+        return gray
+    inner = gray[bh : h - bh, bw : w - bw]
+    return np.pad(inner, ((bh, bh), (bw, bw)), mode="edge")
+
+
+def histogram_quantiles(hist: np.ndarray, k: int = 33) -> tuple[float, ...]:
+    """The grey values at ``k`` evenly spaced levels 0..1 of a 256-bin histogram (rounded to 0.01)."""
+    h = np.asarray(hist, np.float64) + 1e-9  # strictly increasing cumulative curve
+    edges = np.concatenate([[0.0], np.cumsum(h) / h.sum()])
+    return tuple(round(float(v), 2) for v in np.interp(np.linspace(0.0, 1.0, k), edges, np.arange(257.0)))
+
+
+def mean_histogram(images: Any) -> np.ndarray:
+    """The mean of the films' normalised 256-bin grey histograms (each film weighs the same)."""
+    total, n = np.zeros(256), 0
+    for img in images:
+        c = np.bincount(np.asarray(img, np.uint8).ravel(), minlength=256)
+        total += c / c.sum()
+        n += 1
+    if n == 0:
+        raise ValueError("no images for a mean histogram")
+    return total / n
+
+
+def match_histogram(gray: np.ndarray, quantiles: tuple[float, ...] | list[float]) -> np.ndarray:
+    """Grey levels mapped so that the film's histogram follows the reference ``quantiles`` (``histogram_quantiles``)."""
+    q = np.asarray(quantiles, np.float64)
+    if q.ndim != 1 or len(q) < 2:
+        raise ValueError("histogram matching needs at least two reference quantiles")
+    c = np.bincount(gray.ravel(), minlength=256).astype(np.float64)
+    mid = (np.cumsum(c) - c / 2) / c.sum()  # each grey level's mid-rank in the film
+    lut = np.clip(np.interp(mid, np.linspace(0.0, 1.0, len(q)), q) + 0.5, 0, 255).astype(np.uint8)
+    return lut[gray]
+
+
+def film_options(gray: np.ndarray, *, letters: bool = False, border: float = 0.0,
+                 hist_ref: tuple[float, ...] = ()) -> np.ndarray:
+    """The film-level options of an ``InputSpec`` in their fixed order: letters, border, then histogram matching."""
+    if letters:
+        gray = mask_letters(gray)
+    if border > 0:
+        gray = mask_border(gray, border)
+    if hist_ref:
+        gray = match_histogram(gray, hist_ref)
+    return np.ascontiguousarray(gray)

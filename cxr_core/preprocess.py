@@ -2,7 +2,8 @@
 
 Two stages, so that training can cache the expensive one:
 
-1. ``prepare(gray, spec)`` (CPU, NumPy): optional CLAHE, centre crop, resize to a
+1. ``prepare(gray, spec)`` (CPU, NumPy): optional film options (letters, border, histogram
+   matching: ``imaging.film_options``), optional CLAHE, centre crop, resize to a
    square ``spec.size`` uint8 image. Training decodes and prepares each image once
    into a uint8 cache; the app prepares an upload the same way.
 2. ``to_input(batch_u8, spec)`` (any device, torch): scale to [0, 1], replicate to
@@ -33,6 +34,10 @@ def prepare(gray: np.ndarray, spec: InputSpec) -> np.ndarray:
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError(f"expected a 2-D uint8 grayscale image, got {gray.dtype} {gray.shape}")
     img = gray
+    if spec.mask_letters or spec.mask_border > 0 or spec.hist_ref:
+        from .imaging import film_options
+
+        img = film_options(img, letters=spec.mask_letters, border=spec.mask_border, hist_ref=spec.hist_ref)
     if spec.clahe:
         from skimage.exposure import equalize_adapthist
 

@@ -313,6 +313,9 @@ def recipe_table(roots: list[Path]) -> list[str]:
 def _lever_name(r: dict[str, Any], seed: bool = True) -> str:
     return (f"{r['arch'].replace('tf_efficientnet_', '')} {r['size']} px · freeze {r['cut']} · {r['views']} views"
             + (" · strong aug" if r.get("strong_augment") else "") + (" · CLAHE" if r.get("clahe") else "")
+            + (" · letters masked" if r.get("mask_letters") else "")
+            + (f" · border {r['mask_border']:g} masked" if r.get("mask_border") else "")
+            + (" · histogram matched" if r.get("hist_ref") else "")
             + (f" · crop {r['crop']}" if r.get("crop", 1.0) != 1.0 else "") + (f" · seed {r.get('seed', 0)}" if seed else ""))
 
 
