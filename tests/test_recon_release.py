@@ -7,8 +7,10 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from cxr_core.registry import list_entries, read_release_manifest, sha256_file, write_entry
+from tests.conftest import REPO
 from train.release import ReleaseConfig, add_detectors, is_release_recon, write_manifest, write_source_md
 
 RECON = dict(size=64, epochs=1, hidden=16, bottleneck=8, batch_size=8)
@@ -51,3 +53,66 @@ def test_add_detectors_leaves_every_entry_and_keeps_the_build_command(tmp_path, 
     again = add_detectors(add, log=lambda s: None)
     assert again["cards"] == manifest["cards"]
     assert json.loads((tmp_path / "rel" / "release.json").read_text())["updates"] == manifest["updates"]
+
+
+# --- the committed release's feature reconstruction detector on the pages -------------------------------
+
+def _release_recon():
+    from cxr_core.registry import release_dir
+
+    root = release_dir() / "kermany-224"
+    found = [s for s in list_entries(root) if is_release_recon(s.info, ReleaseConfig(data="", out=str(root)))]
+    assert len(found) == 1, "the committed release holds no feature reconstruction detector of train.release's recipe"
+    return root, found[0]
+
+
+def test_committed_release_holds_the_reconstruction_detector_at_the_classifiers_spec():
+    from cxr_core.config import InputSpec
+    from cxr_core.registry import select
+
+    root, recon = _release_recon()
+    clf = select(list_entries(root), "classifier", "binary")
+    assert InputSpec.from_dict(recon.card["input"]) == clf.info.input  # the hand-off's precondition
+    assert recon.info.val_auroc is not None and recon.info.val_auroc > 0.9
+    assert sum(p.stat().st_size for p in recon.path.iterdir()) < 1.5e6
+
+
+def test_release_predict_page_takes_the_maps_from_the_classification_pass(kermany224, monkeypatch, tmp_path):
+    """A real film on the Predict page as ``make run`` serves it: the reconstruction detector's shown score is its
+    own score for the film, computed from the feature maps the classifiers' pass handed over."""
+    from streamlit.testing.v1 import AppTest
+
+    from cxr_core import feature_recon
+    from cxr_core.anomaly import load_detector
+    from cxr_core.imaging import decode_image
+
+    _, recon = _release_recon()
+    monkeypatch.delenv("CXR_REGISTRY", raising=False)
+    monkeypatch.setenv("CXR_SETTINGS", str(tmp_path / "settings.json"))
+    img = sorted((kermany224 / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
+    own = load_detector(recon.entry()).score(decode_image(img.read_bytes()).array).score  # its own backbone pass
+    taken = feature_recon.STAGE_HANDOFF.taken
+    at = AppTest.from_file(str(REPO / "pages/1_Predict.py"), default_timeout=180).run()
+    at.file_uploader(key="upload").set_value((img.name, img.read_bytes(), "image/jpeg")).run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    shown = {m.label: float(m.value) for m in at.metric if "threshold" in str(m.delta)}
+    assert recon.card["name"] in shown and "Pretrained features, Mahalanobis" in shown, shown
+    assert shown[recon.card["name"]] == pytest.approx(own, rel=6e-4)
+    assert feature_recon.STAGE_HANDOFF.taken > taken, "the page ran the detector's own backbone pass"
+
+
+def test_release_threshold_page_offers_the_reconstruction_detector(monkeypatch, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    _, recon = _release_recon()
+    monkeypatch.delenv("CXR_REGISTRY", raising=False)
+    monkeypatch.setenv("CXR_SETTINGS", str(tmp_path / "settings.json"))
+    at = AppTest.from_file(str(REPO / "pages/3_Anomaly_threshold.py"), default_timeout=180).run()
+    assert not at.exception, at.exception
+    box = at.selectbox[0]
+    assert any(o.endswith(recon.id) for o in box.options), box.options
+    assert "Mahalanobis" in box.options[0]  # still the best on validation
+    box.set_value(recon.id).run()
+    assert not at.exception, at.exception
+    assert any(str(c.value).startswith("**Feature reconstruction**") for c in at.caption)

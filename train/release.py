@@ -72,7 +72,7 @@ LEAVE_OUT = {"features-knn": "its healthy bank is 7.6 MB, three times the Mahala
 #: The feature reconstruction detector of the release (``cxr_core.feature_recon.ReconConfig`` fields over its
 #: defaults, the recipe chosen on validation in docs/ANOMALY.md) at the classifiers' input size: its taps
 #: (blocks 2-4) are inside their frozen ImageNet stages, so the Predict page takes its feature maps from the
-#: classification pass (``feature_recon.STAGE_HANDOFF``). Validation AUROC 0.954 at 160 px vs 0.934 at 224 px.
+#: classification pass (``feature_recon.STAGE_HANDOFF``). Validation AUROC 0.953 at 160 px vs 0.934 at 224 px.
 RELEASE_RECON: dict[str, Any] = {"size": RELEASE_RECIPE["size"]}
 #: Metrics that must agree between the float32 and the compact (float16) classifier.
 CHECKED_METRICS = ("accuracy", "auroc", "auroc_ovr", "sensitivity", "specificity")
