@@ -7,7 +7,7 @@ import streamlit as st
 from cxr_core.demo import build_demo
 from cxr_core.registry import is_release, usable
 from pages.ui.frame import page_frame
-from pages.ui.loaders import entries, is_synthetic, registry_path
+from pages.ui.loaders import entries, registry_path
 
 page_frame(
     "CXR Lens",
@@ -46,19 +46,19 @@ if not usable(statuses, "classifier"):
 
 rows = []
 for s in statuses:
-    card = s.card or {}
-    test = card.get("metrics", {}).get("test", {})
+    card = s.info
+    test = card.split_metrics("test") if card else {}
     rows.append(
         {
             "entry": s.id,
             "status": "ok" if s.ok else f"broken: {s.reason}",
-            "kind": card.get("kind", "?"),
-            "task": card.get("task", ""),
-            "architecture": card.get("architecture", ""),
-            "data": ("synthetic demo" if is_synthetic(card) else card.get("dataset", {}).get("name", "")),
+            "kind": card.kind if card else "?",
+            "task": (card.task or "") if card else "",
+            "architecture": (card.architecture or "") if card else "",
+            "data": ("synthetic demo" if card.synthetic else card.dataset.name) if card else "",
             "test accuracy": test.get("accuracy"),
             "test AUROC": test.get("auroc") or test.get("auroc_ovr"),
-            "created": card.get("created_at", ""),
+            "created": (card.created_at or "") if card else "",
         }
     )
 if rows:

@@ -16,6 +16,7 @@ import argparse
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ def tiled_registry(registry: Path, n: int, out: Path) -> Path:
     from cxr_core.registry import list_entries, usable, write_entry
 
     src = next((s for s in list_entries(registry) if s in usable([s], "classifier")
-                and {"index.npz", "projection.npz", "thumbs.npy"} <= set(s.card.get("files", {}))), None)
+                and {"index.npz", "projection.npz", "thumbs.npy"} <= set(s.info.files)), None)
     if src is None:
         raise SystemExit(f"{registry} has no classifier with an index and maps")
     entry = src.entry()
@@ -38,9 +39,9 @@ def tiled_registry(registry: Path, n: int, out: Path) -> Path:
     emb = new["embeddings"] + rng.normal(0, 0.01, new["embeddings"].shape).astype(np.float32)
     new["embeddings"] = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
     new_maps = {k: (v[rows] + rng.normal(0, 0.02, (n, v.shape[1])) * v.std(axis=0)).astype(np.float32) for k, v in maps.items()}
-    card = {k: v for k, v in entry.card.items() if k not in ("id", "files", "created_at")}
-    card["index"] = {**card.get("index", {}), "n": n}
-    card["notes"] = f"benchmark only: {base}-image index tiled to {n} rows"
+    card = entry.classifier_card
+    card = replace(card, id="", files={}, created_at=None, index={**card.index, "n": n},
+                   notes=f"benchmark only: {base}-image index tiled to {n} rows")
     write_entry(out, card, weights=entry.load_weights(),
                 arrays={"index.npz": new, "projection.npz": new_maps, "thumbs.npy": np.asarray(entry.load_npy("thumbs.npy"))[rows]})
     return out

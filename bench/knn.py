@@ -54,7 +54,7 @@ def find_real_index(registry: str | None) -> tuple[np.ndarray, np.ndarray, np.nd
     from cxr_core.registry import list_entries
 
     for s in list_entries(registry, check_hashes=False):
-        if s.ok and s.card and "index.npz" in s.card.get("files", {}):
+        if s.info and s.info.has("index.npz"):
             z = s.entry().load_npz("index.npz")
             return z["embeddings"], z["targets"], z["splits"], s.id
     return None

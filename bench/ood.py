@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from skimage.color import rgb2gray
 
     print("\nnon-CXR images (as uploaded | grey only):")
-    margin = float(entry.card.get("thresholds", {}).get("margin", 1.0))
+    margin = float(entry.info.thresholds.get("margin", 1.0))
     base = guard.threshold / margin  # the validation quantile itself
     non_cxr_d: list[float] = []
     real_d: dict[str, np.ndarray] = {}

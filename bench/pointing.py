@@ -55,7 +55,7 @@ def run_seed(seed: int, task: str, size: int, layers: list[str], root: Path, log
     )
     train_s = time.perf_counter() - t0
     clf = load_classifier(entry)
-    test = entry.card["metrics"]["test"]
+    test = entry.classifier_card.metric("test") or {}
     log(f"seed {seed} {task}: trained in {train_s:.0f} s, test accuracy {test['accuracy']:.3f}")
     rows = []
     for layer in layers:

@@ -48,8 +48,7 @@ def non_synthetic_entries(registry: Path) -> list[str]:
 
     bad = []
     for s in list_entries(str(registry), check_hashes=False):
-        ds = (s.card or {}).get("dataset", {})
-        if not (ds.get("synthetic") or str(ds.get("name", "")).startswith("synthetic")):
+        if not (s.info and s.info.synthetic):
             bad.append(s.id)
     return bad
 

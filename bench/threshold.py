@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         for entry in anomaly_entries(list_entries(ns.registry)):
             z = entry.load_npz("scores.npz")
             m = z["splits"] == "test"
-            bench_arrays(z["labels"][m], z["scores"][m], f"{entry.card.get('name')} [test]", ns.reps)
+            bench_arrays(z["labels"][m], z["scores"][m], f"{entry.info.label} [test]", ns.reps)
     rng = np.random.default_rng(0)
     for n in ns.n:
         y = (rng.random(n) < 0.6).astype(int)

@@ -93,7 +93,7 @@ def run(registry: Path, images: Path, n: int = 100, batch: int = 16, warmup: int
     useful = [e for e in anomaly_entries(statuses) if not worse_than_chance(e)]
     detectors = [load_detector(e) for e in useful]
     # The worklist's detector: the best validation AUROC (pages/6_Worklist.py).
-    best = max(useful, key=lambda e: e.card.get("metrics", {}).get("val", {}).get("auroc") or 0.0) if useful else None
+    best = max(useful, key=lambda e: e.detector_card.val_auroc or 0.0) if useful else None
     wl_detector = next((d for d in detectors if best is not None and d.entry.id == best.id), None)
     guard_entry = select(statuses, "detector", "ood")
     guard = OODGuard.from_entry(guard_entry) if guard_entry is not None else None

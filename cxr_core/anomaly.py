@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cards import DetectorCard
 from .config import AugmentConfig, InputSpec
 from .models import create_model, model_stages
 from .preprocess import augment, normalize, to_float
@@ -470,8 +471,8 @@ def autoencoder_scores(
     return s, torch.cat(recons).numpy(), torch.cat(maps).numpy()
 
 
-def autoencoder_from_card(card: dict[str, Any], weights: dict[str, torch.Tensor]) -> ConvAutoencoder:
-    ae = card["autoencoder"]
+def autoencoder_from_card(card: DetectorCard, weights: dict[str, torch.Tensor]) -> ConvAutoencoder:
+    ae = card.config
     model = ConvAutoencoder(tuple(ae["widths"]), int(ae["latent"]))
     model.load_state_dict(weights, strict=True)
     return model.eval()
@@ -676,8 +677,8 @@ class FeatureDetector:
         return np.mean(np.stack([d[k] for k in self.cfg.layers]), axis=0)
 
     @classmethod
-    def from_card(cls, card: dict[str, Any], tensors: dict[str, torch.Tensor]) -> FeatureDetector:
-        return cls(FeatureConfig.from_dict(card["features"]), tensors)
+    def from_card(cls, card: DetectorCard, tensors: dict[str, torch.Tensor]) -> FeatureDetector:
+        return cls(FeatureConfig.from_dict(dict(card.config)), tensors)
 
 
 @functools.lru_cache(maxsize=2)
@@ -715,8 +716,8 @@ class LoadedDetector:
     recon: Any | None = None  # cxr_core.feature_recon.FeatureReconDetector
 
     @property
-    def card(self) -> dict[str, Any]:
-        return self.entry.card
+    def card(self) -> DetectorCard:
+        return self.entry.detector_card
 
     def score_prepared(self, images_u8: np.ndarray, want_maps: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Scores (N,) for prepared images (N, S, S); error maps for the reconstruction detectors,
@@ -728,7 +729,7 @@ class LoadedDetector:
             s, maps = score_images(self.recon, bb.model, bb.spec(self.spec.size), images_u8, want_maps=want_maps)
             return s, None, maps
         if self.autoencoder is not None:
-            ae = self.card["autoencoder"]
+            ae = self.card.config
             return autoencoder_scores(self.autoencoder, images_u8, ae["loss"], ae["region"], want_maps=want_maps)
         assert self.features is not None
         cfg = self.features.cfg
@@ -752,21 +753,19 @@ class LoadedDetector:
 
 def load_detector(entry: Entry) -> LoadedDetector:
     """Build the detector an ``autoencoder``/``detector`` registry entry describes."""
-    card = entry.card
-    spec = InputSpec.from_dict(card["input"])
-    name = str(card.get("name") or entry.id)
-    threshold = float(card.get("threshold", math.inf))
+    card = entry.info
+    if not isinstance(card, DetectorCard) or card.input is None or not card.config:
+        raise ValueError(f"entry {entry.id} is not an anomaly detector (kind {entry.kind!r})")
+    spec, name, threshold = card.input, card.label, card.threshold_or(math.inf)
     weights = entry.load_weights()
-    if entry.kind == "autoencoder":
+    if card.method == "autoencoder":
         return LoadedDetector(entry, name, spec, threshold, autoencoder=autoencoder_from_card(card, weights))
-    if entry.kind == "detector" and "feature_recon" in card:
+    if card.method == "feature_recon":
         from .feature_recon import FeatureReconDetector, ReconConfig
 
-        recon = FeatureReconDetector.from_tensors(ReconConfig.from_dict(card["feature_recon"]), weights)
+        recon = FeatureReconDetector.from_tensors(ReconConfig.from_dict(dict(card.config)), weights)
         return LoadedDetector(entry, name, spec, threshold, recon=recon)
-    if entry.kind == "detector" and "features" in card:
-        return LoadedDetector(entry, name, spec, threshold, features=FeatureDetector.from_card(card, weights))
-    raise ValueError(f"entry {entry.id} is not an anomaly detector (kind {entry.kind!r})")
+    return LoadedDetector(entry, name, spec, threshold, features=FeatureDetector.from_card(card, weights))
 
 
 def anomaly_entries(statuses: Sequence[EntryStatus], task: str = "anomaly") -> list[Entry]:
@@ -774,7 +773,7 @@ def anomaly_entries(statuses: Sequence[EntryStatus], task: str = "anomaly") -> l
     return [
         s.entry()
         for s in statuses
-        if s.ok and s.card and s.card.get("kind") in ("autoencoder", "detector") and s.card.get("task") == task
+        if s.info and s.info.kind in ("autoencoder", "detector") and s.info.task == task
     ]
 
 
@@ -783,6 +782,6 @@ def worse_than_chance(entry: Entry) -> bool:
 
     Its score reads backwards, so the Predict page names it instead of scoring uploads with it.
     """
-    auroc = entry.card.get("metrics", {}).get("val", {}).get("auroc")
+    auroc = entry.detector_card.val_auroc
     return auroc is not None and auroc < 0.5
 

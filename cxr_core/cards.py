@@ -157,6 +157,10 @@ class Card:
     def has(self, name: str) -> bool:
         return name in self.files
 
+    def split_metrics(self, split: str) -> Mapping[str, Any]:
+        """The plain metric set of ``split`` (classifiers: no TTA, the threshold in use); empty if none."""
+        return {}
+
     def threshold_or(self, default: float) -> float:
         """The threshold in use, or ``default`` for a card that stores none."""
         return default if self.threshold is None else self.threshold
@@ -183,7 +187,7 @@ class Card:
 
 #: Classifier keys the typed fields stand for.
 _CLASSIFIER_KEYS = ("num_outputs", "embedding_dim", "metrics", "curves", "calibration", "recipe", "index", "lung_focus",
-                    "drop_rate", "weights_base")
+                    "drop_rate", "weights_base", "evaluations")
 
 
 @dataclass(frozen=True)
@@ -200,11 +204,15 @@ class ClassifierCard(Card):
     index: Mapping[str, Any] = field(default_factory=dict)  # what train.index built (cxr_core.reference)
     lung_focus: Mapping[str, Any] | None = None
     drop_rate: float = 0.2
-    weights_base: str | None = None  # compact (release) entries: the stages stored as ImageNet's
+    weights_base: Mapping[str, Any] | None = None  # compact (release) entries: which stages are ImageNet's, from where
+    evaluations: tuple[Mapping[str, Any], ...] = ()  # one record per ``python -m train.evaluate`` run stored
 
     @property
     def has_index(self) -> bool:
         return bool(self.index)
+
+    def split_metrics(self, split: str) -> Mapping[str, Any]:
+        return self.metrics.get(MetricKey(split)) or {}
 
     def metric(self, key: MetricKey | str) -> Mapping[str, Any] | None:
         return self.metrics.get(key if isinstance(key, MetricKey) else MetricKey.parse(key))  # type: ignore[arg-type]
@@ -219,6 +227,10 @@ class ClassifierCard(Card):
         kept = {k: v for k, v in self.metrics.items() if not k.knn}
         return replace(self, index=dict(index), metrics=kept | dict(knn_metrics))
 
+    def with_evaluation(self, metrics: Mapping[MetricKey, Mapping[str, Any]], record: Mapping[str, Any]) -> ClassifierCard:
+        """The card after a stored evaluation: its metric sets (replacing same keys) and its record."""
+        return replace(self, metrics={**self.metrics, **metrics}, evaluations=(*self.evaluations, dict(record)))
+
     def to_dict(self) -> dict[str, Any]:
         """The card's JSON (what :func:`read_card` reads back)."""
         d = self._common_dict() | {"num_outputs": self.num_outputs, "drop_rate": self.drop_rate,
@@ -226,6 +238,7 @@ class ClassifierCard(Card):
         optional = {"embedding_dim": self.embedding_dim, "recipe": self.recipe, "lung_focus": self.lung_focus,
                     "weights_base": self.weights_base}
         d |= {k: v for k, v in optional.items() if v is not None}
+        d |= {"evaluations": [dict(e) for e in self.evaluations]} if self.evaluations else {}
         return d | {k: dict(v) for k, v in (("curves", self.curves), ("calibration", self.calibration), ("index", self.index)) if v}
 
 
@@ -255,6 +268,9 @@ class DetectorCard(Card):
     @property
     def val_auroc(self) -> float | None:
         return self.auroc("val")
+
+    def split_metrics(self, split: str) -> Mapping[str, Any]:
+        return self.metrics.get(split) or {}
 
     def auroc(self, split: str) -> float | None:
         v = (self.metrics.get(split) or {}).get("auroc")
@@ -309,7 +325,8 @@ def _read_classifier(d: Mapping[str, Any]) -> ClassifierCard:
         embedding_dim=None if emb is None else int(emb), metrics=metrics, curves=dict(d.get("curves") or {}),
         calibration=dict(d.get("calibration") or {}), recipe=d.get("recipe"), index=dict(d.get("index") or {}),
         lung_focus=focus if isinstance(focus, Mapping) else None, drop_rate=float(d.get("drop_rate", 0.2)),
-        weights_base=d.get("weights_base"),
+        weights_base=d.get("weights_base") if isinstance(d.get("weights_base"), Mapping) else None,
+        evaluations=tuple(e for e in d.get("evaluations") or () if isinstance(e, Mapping)),
     )
 
 

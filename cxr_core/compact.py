@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from .archs import arch_spec
+from .cards import ClassifierCard
 from .models import create_model, model_from_card
 from .registry import Entry, RegistryError, sha256_file
 
@@ -75,19 +76,18 @@ def trained_part(model: torch.nn.Module, architecture: str, num_outputs: int, dr
     return kept, {**base_weights_source(architecture), "n_tensors": from_base, "dtype": str(dtype).removeprefix("torch.")}
 
 
-def load_classifier_weights(model_card: Mapping[str, Any], stored: dict[str, torch.Tensor]) -> torch.nn.Module:
+def load_classifier_weights(model_card: ClassifierCard, stored: dict[str, torch.Tensor]) -> torch.nn.Module:
     """The classifier a card describes, with ``stored`` loaded: strictly, or over the pip ImageNet
     weights when the card has ``weights_base`` (the number of tensors taken from them is checked)."""
 
-    base = model_card.get("weights_base")
+    base = model_card.weights_base
     if not base:
         model = model_from_card(model_card)
         model.load_state_dict(stored, strict=True)
         return model
-    arch = str(model_card["architecture"])
+    arch = str(model_card.architecture)
     verify_base_weights(arch, base)
-    model, _ = create_model(arch, int(model_card["num_outputs"]), pretrained=True,
-                            drop_rate=float(model_card.get("drop_rate", 0.2)))
+    model, _ = create_model(arch, model_card.num_outputs, pretrained=True, drop_rate=model_card.drop_rate)
     # Counted on key sets: load_state_dict does not report BatchNorm's num_batches_tracked as missing.
     from_base = set(model.state_dict()) - set(stored)
     unexpected = sorted(set(stored) - set(model.state_dict()))

@@ -7,7 +7,6 @@ augmentation (mean of the probabilities over deterministic views).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,23 +32,23 @@ class LoadedClassifier:
     classes: list[str]
     threshold: float
 
-    @functools.cached_property
+    @property
     def card(self) -> ClassifierCard:
-        """The entry's card, typed; parsed once, since every prediction asks for its temperature."""
-        return self.entry.info  # type: ignore[return-value]
+        """The entry's typed card (parsed once by the entry)."""
+        return self.entry.classifier_card
 
     @property
     def architecture(self) -> str:
-        return str(self.entry.card.get("architecture"))
+        return str(self.card.architecture)
 
     def temperature(self, tta: int = 1) -> float:
         """The card's validation-fitted temperature for ``tta`` views (1.0 without calibration)."""
-        card = self.card
-        return card.temperature(tta) if isinstance(card, ClassifierCard) else 1.0
+        return self.card.temperature(tta)
 
     @property
     def threshold_source(self) -> str | None:
-        return self.entry.card.get("threshold_source")
+        source = self.card.threshold_source
+        return source if isinstance(source, str) else None
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -64,7 +63,7 @@ def load_classifier(entry: Entry, device: str = "cpu") -> LoadedClassifier:
     card = entry.info
     if not isinstance(card, ClassifierCard) or card.input is None or card.task is None:
         raise RegistryError(f"entry {entry.id} is a {card.kind or 'card without a kind'}, not a classifier with an input spec")
-    model = load_classifier_weights(entry.card, entry.load_weights())
+    model = load_classifier_weights(card, entry.load_weights())
     model = model.to(pick_device(device)).eval().to(memory_format=torch.channels_last)
     threshold = 0.5 if card.threshold is None else card.threshold
     return LoadedClassifier(entry=entry, model=model, spec=card.input, task=card.task, classes=list(card.classes), threshold=threshold)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from cxr_core.archs import ARCHITECTURES, arch_spec, final_layer_name, named_stages, named_steps  # noqa: F401 (re-export)
+from cxr_core.cards import ClassifierCard
 from cxr_core.config import TASK_CLASSES
 from cxr_core.small_cnn import HALF
 from cxr_core.weights import load_backbone_strict, load_lite, normalise_keys, read_state_dict
@@ -274,12 +275,7 @@ def create_model(
     return model, info
 
 
-def model_from_card(card: Mapping) -> nn.Module:
+def model_from_card(card: ClassifierCard) -> nn.Module:
     """A randomly initialised network shaped as a registry card says, ready for its saved weights."""
-    model, _ = create_model(
-        card["architecture"],
-        int(card["num_outputs"]),
-        pretrained=False,
-        drop_rate=float(card.get("drop_rate", 0.2)),
-    )
+    model, _ = create_model(str(card.architecture), card.num_outputs, pretrained=False, drop_rate=card.drop_rate)
     return model

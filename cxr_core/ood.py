@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .anomaly import FeatureConfig, FeatureDetector, shared_backbone
-from .registry import Entry
+from .registry import Entry, RegistryError
 
 #: Mean HSV saturation (0-1) of the original pixels above which the upload is a colour image.
 MAX_SATURATION = 0.12
@@ -99,11 +99,11 @@ class OODGuard:
 
     @classmethod
     def from_entry(cls, entry: Entry) -> OODGuard:
-        card = entry.card
+        card = entry.detector_card
         det = FeatureDetector.from_card(card, entry.load_weights())
-        ds = card.get("dataset", {})
-        synthetic = bool(ds.get("synthetic")) or str(ds.get("name", "")).startswith("synthetic")
-        return cls(det, float(card["threshold"]), str(card.get("thresholds", {}).get("note", "")), entry.id, synthetic)
+        if card.threshold is None:
+            raise RegistryError(f"the guard {entry.id} stores no threshold")
+        return cls(det, card.threshold, str(card.thresholds.get("note", "")), entry.id, card.synthetic)
 
     def distances(self, images_u8: np.ndarray) -> np.ndarray:
         """Feature distances for images prepared at the guard's input size (N, S, S)."""

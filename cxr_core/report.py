@@ -109,8 +109,7 @@ def card_hashes(entry: Any) -> tuple[str, str | None]:
         card_hash = hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:  # a card held in memory only (tests, overlays): hash its canonical JSON
         card_hash = hashlib.sha256(json.dumps(entry.card, sort_keys=True, default=str).encode()).hexdigest()
-    weights = (entry.card.get("files", {}).get("weights.safetensors") or {}).get("sha256")
-    return card_hash, weights
+    return card_hash, entry.info.file_sha256("weights.safetensors")
 
 
 def nearest_references(knn: Any, embedding: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int | None]:

@@ -40,7 +40,7 @@ if not indexed:
 last = st.session_state.get("last_prediction") or {}
 ids = [s.id for s in indexed]
 default = ids.index(last["entry"]) if last.get("entry") in ids else 0
-labels = {s.id: f"{(s.card or {}).get('task', '?')} · {s.id}" for s in indexed}
+labels = {s.id: f"{s.info.task if s.info else '?'} · {s.id}" for s in indexed}
 entry_id = st.selectbox("Model (its embedding space)", ids, index=default, format_func=labels.get, key="explorer_entry")
 
 

@@ -29,23 +29,22 @@ if not detectors:
     st.stop()
 
 by_id = {e.id: e for e in detectors}
-best = best_by_validation({i: e.card for i, e in by_id.items()})
+best = best_by_validation({i: e.detector_card for i, e in by_id.items()})
 # Best on validation first (and so the default): the test split never chooses.
-order = sorted(by_id, key=lambda i: (i != best, -(by_id[i].card.get("metrics", {}).get("val", {}).get("auroc") or 0.0)))
+order = sorted(by_id, key=lambda i: (i != best, -(by_id[i].detector_card.val_auroc or 0.0)))
 
 
 def _label(i: str) -> str:
-    c = by_id[i].card
-    auroc = c.get("metrics", {}).get("val", {}).get("auroc")
-    val = "" if auroc is None else f" · val AUROC {auroc:.3f}"
-    return f"{c.get('name', i)} · {detector_family(c)}{val}{' · best on validation' if i == best else ''} · {i}"
+    c = by_id[i].detector_card
+    val = "" if c.val_auroc is None else f" · val AUROC {c.val_auroc:.3f}"
+    return f"{c.label} · {detector_family(c)}{val}{' · best on validation' if i == best else ''} · {i}"
 
 
 c1, c2 = st.columns([3, 1])
 entry_id = c1.selectbox("Detector", order, format_func=_label, key="anomaly_entry",
                         help="Every healthy-only detector in the registry; the default is the best by validation AUROC.")
 entry = by_id[entry_id]
-card = entry.card
+card = entry.detector_card
 family = detector_family(card)
 st.caption(f"**{family.capitalize()}**: {FAMILIES[family]}.")
 try:
@@ -57,8 +56,8 @@ splits = [s for s in ("val", "test") if s in scores["tables"]]
 split = c2.radio("Split", splits, horizontal=True, key="anomaly_split",
                  format_func=lambda s: {"val": "validation", "test": "test"}[s])
 table = scores["tables"][split]
-metrics = card.get("metrics", {}).get(split, {})
-hist = card.get("histograms", {}).get(split)
+metrics = card.metrics.get(split, {})
+hist = card.histograms.get(split)
 
 auroc, aupr = metrics.get("auroc"), metrics.get("aupr")
 m1, m2, m3, m4 = st.columns(4)
@@ -66,16 +65,16 @@ m1.metric("AUROC", "n/a" if auroc is None else f"{auroc:.3f}")
 m2.metric("AUPR", "n/a" if aupr is None else f"{aupr:.3f}",
           None if metrics.get("aupr_chance") is None else f"chance {metrics['aupr_chance']:.3f}", delta_color="off")
 m3.metric("Images", f"{table.n_neg} normal · {table.n_pos} pneumonia")
-m4.metric("Saved threshold", f"{card.get('threshold', float('nan')):.4g}")
+m4.metric("Saved threshold", f"{card.threshold_or(float('nan')):.4g}")
 if auroc is not None and auroc < 0.5:
     st.error(f"On this split the detector is **worse than chance** (AUROC {auroc:.3f}): pneumonia scores *lower* "
              "than healthy images. No threshold makes it useful; it is shown so that you can see why.")
 elif auroc is not None and auroc < 0.6:
     st.warning(f"AUROC {auroc:.3f}: barely better than chance on this split.")
-thr_info = card.get("thresholds", {})
+thr_info = card.thresholds
 if thr_info.get("fallback"):
     st.info(f"Threshold fallback: {thr_info.get('note', '')}")
-st.caption(f"Score: {card.get('score', 'n/a')}. Suggestions are computed on the validation split, never on test.")
+st.caption(f"Score: {card.score or 'n/a'}. Suggestions are computed on the validation split, never on test.")
 
 all_scores = scores["arrays"]["scores"]
 suggestions = thr_info.get("suggestions", {})
@@ -94,7 +93,7 @@ def _clamp(v: float) -> float:
 rev_key = f"{key}::rev"  # bumped whenever the server, not the browser's slider, sets the threshold
 panel_key = f"anomaly_panel::{entry_id}::{split}"
 if key not in st.session_state:
-    st.session_state[key] = _clamp(float(card.get("threshold", lo)))
+    st.session_state[key] = _clamp(card.threshold_or(lo))
     st.session_state[rev_key] = 0
 
 
@@ -116,15 +115,15 @@ def _example(root: str, rel: str, entry_id: str, signature: tuple) -> dict:
     from cxr_core.imaging import read_gray
 
     gray = read_gray(safe_join(root, rel))
-    if "feature_recon" in by_id[entry_id].card:  # the film with its anomaly map
+    det_card = by_id[entry_id].detector_card
+    if det_card.has_map:  # the film with its anomaly map
         out = anomaly_detector(entry_id).score(gray)
         return {"input": out.input_u8, "recon": None, "map": out.error_map,
-                "overlay": map_overlay(out.input_u8, out.error_map, vmax=by_id[entry_id].card.get("map_scale"))}
-    if by_id[entry_id].kind != "autoencoder":  # only the input to show: no need to run the backbone
-        from cxr_core.config import InputSpec
+                "overlay": map_overlay(out.input_u8, out.error_map, vmax=det_card.map_scale)}
+    if det_card.input is not None and det_card.method != "autoencoder":  # only the input to show: no backbone pass
         from cxr_core.preprocess import prepare
 
-        return {"input": prepare(gray, InputSpec.from_dict(by_id[entry_id].card["input"])), "recon": None, "map": None}
+        return {"input": prepare(gray, det_card.input), "recon": None, "map": None}
     out = anomaly_detector(entry_id).score(gray)
     return {"input": out.input_u8, "recon": out.reconstruction, "map": out.error_map}
 
@@ -140,7 +139,7 @@ def _examples(threshold: float) -> None:
     order = idx[np.argsort(arr["scores"][idx], kind="stable")]
     pos = int(np.searchsorted(arr["scores"][order], threshold, side="left"))
     below, above = order[max(pos - 3, 0) : pos], order[pos : pos + 3]
-    root = card.get("dataset", {}).get("root", "")
+    root = card.dataset.root
     from pages.ui.loaders import registry_signature
 
     sig = registry_signature()
@@ -186,7 +185,7 @@ def operating_point() -> None:
         key=panel_key, on_commit=_committed,
     )
 
-    saved = float(card.get("threshold", float("nan")))
+    saved = entry.detector_card.threshold_or(float("nan"))
     s1, s2 = st.columns([1, 3])
     # The label carries the value the server holds: the panel commits on release, so this is what Save writes.
     if s1.button(f"Save threshold {threshold:.{decimals}f}", type="primary", key=f"save::{entry_id}"):
@@ -196,7 +195,6 @@ def operating_point() -> None:
                 threshold_source={"name": "manual", "split": split, "set_on_page": True,
                                   "at_threshold": {k: m[k] for k in ("sensitivity", "specificity", "precision", "f1")}},
             ))
-            card["threshold"] = float(threshold)
             s2.success(f"Saved threshold {threshold:.4g} for `{entry_id}` to {where}. "
                        "The Predict page uses it from now on.")
         except (RegistryError, OSError) as e:

@@ -27,24 +27,24 @@ page_frame(
 
 statuses = entries()
 classifiers = usable(statuses, "classifier")
-by_id = {s.id: s.card for s in classifiers}
+by_id = {s.id: s.info for s in classifiers}
 # The same default as the Predict page: the classifier of the first task in display order.
-tasks = ordered_tasks(str(c.get("task")) for c in by_id.values())
+tasks = ordered_tasks(str(c.task) for c in by_id.values())
 default = select(statuses, "classifier", tasks[0]) if tasks else None
 c_model, c_split = st.columns([3, 1])
 entry_id = c_model.selectbox(
     "Classifier", list(by_id), index=list(by_id).index(default.id) if default else 0,
-    format_func=lambda i: f"{task_title(str(by_id[i].get('task')), by_id[i].get('classes', []))} · {by_id[i].get('architecture')} · {i}",
+    format_func=lambda i: f"{task_title(str(by_id[i].task), list(by_id[i].classes))} · {by_id[i].architecture} · {i}",
     key="explain_entry",
 )
 card = by_id[entry_id]
-classes = list(card.get("classes", []))
+classes = list(card.classes)
 split = c_split.radio("Split", ["test", "val"], horizontal=True, key="explain_split")
 
 try:
     items = split_predictions(entry_id, split)
 except (DatasetError, FileNotFoundError, OSError) as e:
-    root = (card.get("dataset") or {}).get("root", "?")
+    root = card.dataset.root or "?"
     st.warning(
         f"The dataset this classifier was trained on is not available here, so there is nothing to show: "
         f"`{root}` ({e})."
@@ -74,7 +74,7 @@ v1, v2, v5, v3, v4 = st.columns([1, 1, 1.3, 1, 1.2])
 method = v1.selectbox("Method", list(METHODS), format_func=METHOD_LABELS.get, key="explain_method", help=METHOD_HELP)
 target_choice = v2.selectbox("Explain class", ["predicted", *classes], key="explain_target",
                              help="Predicted: each image's own predicted class.")
-layers = gradcam_layer_choices(str(card.get("architecture")))
+layers = gradcam_layer_choices(str(card.architecture))
 layer_label = v5.selectbox("Layer", list(layers), key="explain_layer", help=LAYER_HELP)
 cmap = v3.selectbox("Colormap", COLORMAPS, key="explain_cmap")
 alpha = v4.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="explain_alpha")

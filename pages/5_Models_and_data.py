@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -11,18 +12,18 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cxr_core.calibration import reliability_by_split
-from cxr_core.cards import OPERATING_POINT_LABELS, MetricKey
+from cxr_core.cards import OPERATING_POINT_LABELS, ClassifierCard, MetricKey
 from cxr_core.config import ordered_tasks
 from pages.ui.frame import page_frame
-from pages.ui.loaders import dataset_image_sizes, entries, is_synthetic, reference_set, registry_path
+from pages.ui.loaders import dataset_image_sizes, entries, reference_set, registry_path
 
 page_frame("Models & data")
 
 statuses = entries()
 # The classifiers the app predicts with come first (binary, 3-class, then other tasks), then detectors.
-_TASKS = ordered_tasks(str(s.card.get("task")) for s in statuses if s.ok and s.card and s.card.get("kind") == "classifier")
-usable = sorted((s for s in statuses if s.ok and s.card),
-                key=lambda s: (_TASKS.index(s.card.get("task")) if s.card.get("kind") == "classifier" else len(_TASKS), s.id))
+_TASKS = ordered_tasks(str(s.info.task) for s in statuses if s.info and s.info.kind == "classifier")
+usable = sorted((s for s in statuses if s.info),
+                key=lambda s: (_TASKS.index(s.info.task) if s.info.kind == "classifier" else len(_TASKS), s.id))
 broken = [s for s in statuses if not s.ok]
 
 if broken:
@@ -36,9 +37,9 @@ if not usable:
 
 
 def _label(s) -> str:
-    c = s.card
-    tag = " · synthetic" if is_synthetic(c) else ""
-    return f"{c.get('kind')} · {c.get('task') or '—'} · {c.get('architecture') or ''} · {s.id}{tag}"
+    c = s.info
+    tag = " · synthetic" if c.synthetic else ""
+    return f"{c.kind} · {c.task or '—'} · {c.architecture or ''} · {s.id}{tag}"
 
 
 def _thresholds_text(thresholds) -> str:
@@ -55,50 +56,49 @@ def _thresholds_text(thresholds) -> str:
 
 by_label = {_label(s): s for s in usable}
 choice = st.selectbox("Entry", list(by_label), key="entry")
-card = by_label[choice].card
-kind, task = card.get("kind"), card.get("task")
-classes = list(card.get("classes", []))
-train = card.get("training", {})
-ds = card.get("dataset", {})
-inp = card.get("input", {})
+card = by_label[choice].info
+kind, task = card.kind, card.task
+classes = list(card.classes)
+train = card.training
+ds = card.dataset
+inp = card.input
 
 # --- the card, readable ------------------------------------------------------------------------------
 st.header("Model card")
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Kind / task", f"{kind} / {task or '—'}")
-c2.metric("Architecture", str(card.get("architecture", "—")))
-c3.metric("Input", f"{inp.get('size', '?')} px" + (" · CLAHE" if inp.get("clahe") else ""))
-c4.metric("Trained on", "synthetic phantoms" if is_synthetic(card) else str(ds.get("name", "—")))
+c2.metric("Architecture", str(card.architecture or "—"))
+c3.metric("Input", f"{inp.size} px" + (" · CLAHE" if inp.clahe else "") if inp else "?")
+c4.metric("Trained on", "synthetic phantoms" if card.synthetic else ds.name or "—")
 facts = {
     "classes": ", ".join(classes) or "—",
-    "pretrained weights": card.get("pretrained_source") or ("none (random init)" if card.get("pretrained") is False else "—"),
+    "pretrained weights": card.pretrained_source or ("none (random init)" if card.pretrained is False else "—"),
     "frozen stages": train.get("frozen_stages") or 0,
     "device": train.get("device", "—"),
     "world size": train.get("world_size", 1),
     "seconds (total / training)": f"{train.get('seconds_total', 0):.0f} / {train.get('seconds_train', 0):.0f}" if train else "—",
     "epochs run (selected on validation)": f"{train.get('epochs_run', '—')} ({train.get('best_epoch', '—')})",
     "training images/s": f"{train.get('images_per_second', 0):.1f}" if train else "—",
-    "threshold in use": card.get("threshold", "—"),
-    "thresholds chosen on validation": _thresholds_text(card.get("thresholds")),
-    "input mean / std": f"{inp.get('mean')} / {inp.get('std')}",
-    "crop fraction": inp.get("crop_fraction", "—"),
-    "created": card.get("created_at", "—"),
-    "code version": card.get("code_version", "—"),
-    "entry id": card.get("id"),
+    "threshold in use": "—" if card.threshold is None else card.threshold,
+    "thresholds chosen on validation": _thresholds_text(dict(card.thresholds)),
+    "input mean / std": f"{list(inp.mean)} / {list(inp.std)}" if inp else "—",
+    "crop fraction": inp.crop_fraction if inp else "—",
+    "created": card.created_at or "—",
+    "code version": card.code_version or "—",
+    "entry id": card.id,
 }
 st.table(pd.DataFrame({"": [str(v) for v in facts.values()]}, index=list(facts)))
 if train.get("args"):
     with st.expander("Training arguments"):
         st.json(train["args"], expanded=True)
 with st.expander("Raw card (JSON)"):
-    st.code(json.dumps(card, indent=2), language="json")
+    st.code(json.dumps(card.raw, indent=2), language="json")
 
 # --- metrics -----------------------------------------------------------------------------------------
-def metric_frame(metrics: dict, task: str | None) -> pd.DataFrame:
+def metric_frame(metrics: Mapping[MetricKey, Mapping], task: str | None) -> pd.DataFrame:
     rows = []
-    for key, m in metrics.items():
-        mk = MetricKey.parse(key)
-        if mk is None or mk.knn or not isinstance(m, dict):
+    for mk, m in metrics.items():
+        if mk.knn:
             continue
         row = {
             "source": "train.evaluate" if mk.source == "evaluate" else "training",
@@ -118,12 +118,13 @@ def metric_frame(metrics: dict, task: str | None) -> pd.DataFrame:
                         "pneumonia sens": ab.get("sensitivity"), "pneumonia spec": ab.get("specificity")})
             for c, v in (m.get("per_class_accuracy") or {}).items():
                 row[f"acc {c}"] = v
-        row["key"] = key
+        row["key"] = str(mk)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-metrics = card.get("metrics", {})
+metrics = card.metrics
+by_key = {str(k): v for k, v in metrics.items()}
 if kind == "classifier" and metrics:
     st.header("Metrics")
     frame = metric_frame(metrics, task)
@@ -137,11 +138,11 @@ if kind == "classifier" and metrics:
         st.caption("Thresholds marked *(val)* were chosen on the patient-level validation split, never on test.")
 
         st.subheader("Confusion matrix")
-        keys = [k for k in frame["key"] if isinstance(metrics[k].get("confusion"), list)]
+        keys = [k for k in frame["key"] if isinstance(by_key[k].get("confusion"), list)]
         if keys:
             default = keys.index("test") if "test" in keys else 0
             key = st.selectbox("Metrics set", keys, index=default, key="cm_key")
-            cm = metrics[key]["confusion"]
+            cm = by_key[key]["confusion"]
             names = classes if len(cm) == len(classes) else [str(i) for i in range(len(cm))]
             fig = px.imshow(cm, x=names, y=names, text_auto=True, color_continuous_scale="Blues",
                             labels={"x": "predicted", "y": "true", "color": "images"}, aspect="equal")
@@ -151,10 +152,10 @@ elif kind == "classifier":
     st.info("This classifier's card has no metrics.")
 else:
     with st.expander("Metrics (raw)", expanded=bool(metrics)):
-        st.json(metrics or {})
+        st.json(dict(metrics))
 
 # --- curves ------------------------------------------------------------------------------------------
-curves = card.get("curves") or {}
+curves = card.curves if isinstance(card, ClassifierCard) else {}
 if curves:
     st.header("ROC curves")
     fig = go.Figure()
@@ -184,13 +185,13 @@ def reliability_figure(diagrams: dict) -> go.Figure:
     return fig
 
 
-calibration = card.get("calibration") or {}
+calibration = card.calibration if isinstance(card, ClassifierCard) else {}
 diagrams = calibration.get("reliability")
 if not diagrams and kind == "classifier" and calibration and (ref := reference_set(by_label[choice].id)) is not None:
     diagrams = reliability_by_split(ref.probs, ref.targets, ref.splits, str(task), float(calibration.get("temperature", 1.0)))
 if diagrams:
     st.header("Calibration")
-    test = metrics.get("test") or {}
+    test = by_key.get("test") or {}
     st.caption(
         f"Temperature scaling fitted on validation: T = {calibration.get('temperature', 1.0):.3f} "
         f"(the app shows softmax(logits / T); decisions do not change). Test ECE "
@@ -220,7 +221,7 @@ if history:
 
 # --- the data it was trained on ----------------------------------------------------------------------
 st.header("Training data")
-counts = ds.get("counts") or {}
+counts = ds.counts
 if counts:
     rows = [{"split": sp, "class": cl, "images": n} for sp, per in counts.items() for cl, n in per.items()]
     cdf = pd.DataFrame(rows)
@@ -230,15 +231,15 @@ if counts:
     fig.update_layout(height=360, margin={"l": 10, "r": 10, "t": 10, "b": 10})
     left.plotly_chart(fig, width="stretch", key="counts_fig")
     right.dataframe(cdf.pivot_table(index="class", columns="split", values="images", aggfunc="sum", fill_value=0), width="stretch")
-    st.caption(f"Per split after the patient-level validation split ({ds.get('validation', {}).get('fraction', '?')} of train "
-               f"patients, seed {ds.get('validation', {}).get('seed', '?')}). Used in training: {ds.get('used', {})}.")
+    st.caption(f"Per split after the patient-level validation split ({ds.val_fraction} of train "
+               f"patients, seed {ds.val_seed}). Used in training: {dict(ds.used)}.")
 else:
     st.info("The card records no class counts.")
 
-root = ds.get("root")
+root = ds.root
 if root and Path(root).is_dir():
     try:
-        sizes = dataset_image_sizes(root, ds.get("fingerprint"))
+        sizes = dataset_image_sizes(root, ds.fingerprint)
     except Exception as e:  # a folder that stopped being a dataset: say so, keep the page
         st.error(f"Cannot read the image sizes of `{root}`: {e}")
     else:

@@ -39,7 +39,7 @@ def _detector():
     useful = [e for e in anomaly_detector_entries() if not worse_than_chance(e)]
     if not useful:
         return None
-    best = max(useful, key=lambda e: e.card.get("metrics", {}).get("val", {}).get("auroc") or 0.0)
+    best = max(useful, key=lambda e: e.detector_card.val_auroc or 0.0)
     return anomaly_detector(best.id)
 
 

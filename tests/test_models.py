@@ -10,6 +10,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from skimage import data as skdata
 
+from cxr_core.cards import ClassifierCard
 from cxr_core.models import (
     ARCHITECTURES,
     ModelInfo,
@@ -116,7 +117,7 @@ def test_architecture_shapes(arch):
 def test_model_from_card_accepts_saved_weights():
     torch.manual_seed(0)
     model, info = create_model("small_cnn", 3)
-    rebuilt = model_from_card({"architecture": info.architecture, "num_outputs": info.num_outputs})
+    rebuilt = model_from_card(ClassifierCard(architecture=info.architecture, num_outputs=info.num_outputs))
     rebuilt.load_state_dict(model.state_dict(), strict=True)
     x = torch.randn(1, 3, 64, 64)
     model.eval()

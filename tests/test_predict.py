@@ -17,7 +17,7 @@ from cxr_core.registry import Entry
 
 def _classifier(model: torch.nn.Module, task: str, spec: InputSpec, arch: str = "tf_efficientnet_lite0") -> LoadedClassifier:
     classes = ["NORMAL", "PNEUMONIA"] if task == "binary" else ["NORMAL", "BACTERIA", "VIRUS"]
-    entry = Entry(f"classifier-{task}-test", None, {"architecture": arch, "task": task, "classes": classes})  # type: ignore[arg-type]
+    entry = Entry(f"classifier-{task}-test", None, {"kind": "classifier", "architecture": arch, "task": task, "classes": classes})  # type: ignore[arg-type]
     model = model.eval().to(memory_format=torch.channels_last)
     return LoadedClassifier(entry, model, spec, task, classes, 0.5)
 

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     close()
     print(f"\nregistered {len(made)} entries in {registry_root(cfg.out)}:")
     for e in made:
-        print(f"  {e.id}  ({e.card.get('name')})")
+        print(f"  {e.id}  ({e.info.label})")
     return 0
 
 

@@ -133,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     close()
     if entry is None:  # non-zero rank under torchrun
         return 0
-    m = entry.card["metrics"]
+    card = entry.classifier_card
     print(f"\nregistered {entry.id} in {entry.path.parent}")
-    for key in m:
-        print(f"  {key:>26}: {fmt_metrics(m[key])}")
-    t = entry.card["training"]
+    for key, m in card.metrics.items():
+        print(f"  {str(key):>26}: {fmt_metrics(m)}")
+    t = card.training
     print(f"  trained {t['epochs_run']} epochs (best {t['best_epoch']}) in {t['seconds_total']:.1f}s on {t['device']}, {t['images_per_second']:.1f} img/s")
     return 0
 

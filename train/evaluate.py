@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxr_core.cards import DatasetInfo, MetricKey
+from cxr_core.cards import MetricKey
 from cxr_core.data import DatasetError, load_images
 from cxr_core.inference import load_classifier, pick_device
 from cxr_core.models import logits_to_probs
 from cxr_core.preprocess import TTA_VIEWS, normalize, prepare, to_float, tta_views
-from cxr_core.registry import Entry, RegistryError, load_entry, registry_root, update_card, verify_entry
+from cxr_core.registry import Entry, RegistryError, load_entry, registry_root, update_info, verify_entry
 from cxr_core.training import report_metrics
 
 
@@ -100,23 +100,20 @@ def evaluate_entry(
 ) -> EvalResult:
     """Evaluate ``entry`` on ``split`` of ``data`` (default: the dataset its card names)."""
     t0 = time.perf_counter()
-    card = entry.card
-    if card.get("kind") != "classifier":
-        raise RegistryError(f"entry {entry.id} is a {card.get('kind')}, not a classifier")
+    card = entry.classifier_card
     if not 1 <= tta <= len(TTA_VIEWS):
         raise ValueError(f"--tta must be between 1 and {len(TTA_VIEWS)}")
-    ds_card = card.get("dataset", {})
-    root = data or ds_card.get("root")
+    root = data or card.dataset.root
     if not root:
         raise DatasetError("the card names no dataset root: pass --data")
-    dataset = DatasetInfo.from_dict(ds_card).load(root, card.get("task"))
+    dataset = card.dataset.load(root, card.task)
     warnings: list[str] = []
     fp = dataset.fingerprint()
-    matches = fp == ds_card.get("fingerprint")
+    matches = fp == card.dataset.fingerprint
     if not matches:
         warnings.append(
             f"dataset fingerprint {fp[:12]}… differs from the one {entry.id} was trained on "
-            f"({str(ds_card.get('fingerprint'))[:12]}…): files were added, removed or replaced, or this is another dataset"
+            f"({str(card.dataset.fingerprint)[:12]}…): files were added, removed or replaced, or this is another dataset"
         )
     samples = dataset.split(split)
     if not samples:
@@ -128,7 +125,7 @@ def evaluate_entry(
     y = np.array([s.target(clf.task) for s in samples])
     per_view = view_probs(clf.model, images, clf.spec, clf.task, tta, dev,
                           progress=(lambda i, n: progress(f"infer {split}", i, n)) if progress else None)
-    thresholds = card.get("thresholds", {})
+    thresholds = card.thresholds
     metrics: dict[str, dict[str, Any]] = {}
     for t in sorted({1, tta}):
         probs = per_view[:t].mean(axis=0)
@@ -147,11 +144,8 @@ def evaluate_entry(
 def store(entry: Entry, result: EvalResult) -> None:
     """Write the figures into the card (locked, atomic)."""
 
-    def change(card: dict[str, Any]) -> None:
-        card.setdefault("metrics", {}).update(result.metrics)
-        card.setdefault("evaluations", []).append(result.record())
-
-    update_card(entry, change)
+    metrics = {MetricKey.parse(k): v for k, v in result.metrics.items()}
+    update_info(entry, lambda _: entry.classifier_card.with_evaluation(metrics, result.record()))
 
 
 def _f(v: Any) -> str:
@@ -210,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     close()
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    print(f"{entry.id} · {entry.card.get('task')} · {result.split} split of {result.data} · n={result.n} · "
+    print(f"{entry.id} · {entry.task} · {result.split} split of {result.data} · n={result.n} · "
           f"{result.device} · {result.seconds:.1f}s")
     if ns.root is None and not Path(ns.entry).is_dir():
         print(f"registry: {registry_root(None)}")

@@ -93,10 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     close()
-    m = entry.card.get("metrics", {})
+    card = entry.classifier_card
     for key in ("test", "test_knn_majority", "test_knn_weighted"):
-        if key in m:
-            print(f"  {key:>20}: {fmt_metrics(m[key])}")
+        if (m := card.metric(key)) is not None:
+            print(f"  {key:>20}: {fmt_metrics(m)}")
     return 0
 
 

@@ -47,21 +47,22 @@ def main(argv: list[str] | None = None) -> int:
         entry = resolve_entry(args.entry, args.registry)
     except RegistryError as e:
         ap.error(str(e))
-    data = args.data or entry.card.get("dataset", {}).get("root")
+    card = entry.classifier_card
+    data = args.data or card.dataset.root
     if not data or not (Path(data) / "masks").is_dir():
         ap.error(f"{data!r} has no lesion masks (masks/): pass --data with a synthetic set from write_dataset")
     from cxr_core.inference import load_classifier
     from cxr_core.models import default_cam_layer
 
     clf = load_classifier(entry)
-    print(f"entry {entry.id} · {entry.card['architecture']} · {entry.card['task']} · "
+    print(f"entry {entry.id} · {card.architecture} · {card.task} · "
           f"layer {args.layer or 'each method’s default'}")
     print(f"data {data} · split {args.split} · tolerance {args.tolerance} px · "
           f"{'all' if args.all_predictions else 'correctly classified'} PNEUMONIA phantoms")
     progress, close = tqdm_progress()
     explainers: dict[str, Explainer] = {}
     for method in METHODS if args.method == "all" else [args.method]:
-        layer = args.layer or default_cam_layer(entry.card["architecture"], method) or ""
+        layer = args.layer or default_cam_layer(str(card.architecture), method) or ""
         if layer not in explainers:  # one model copy per layer
             explainers[layer] = Explainer.from_loaded(clf, target_layer=args.layer, method=method)
         ex = explainers[layer]
@@ -95,7 +96,7 @@ def _sanity(entry, data: str, args: argparse.Namespace) -> None:
           "mean Spearman rho with the trained model's maps")
     for method in METHODS if args.method == "all" else [args.method]:
         repeat, stages = cascading_randomisation(
-            clf.model, entry.card["architecture"], clf.task, clf.spec, images, method=method, target=target,
+            clf.model, clf.architecture, clf.task, clf.spec, images, method=method, target=target,
         )
         cells = [f"trained again {float(np.mean(repeat)):.3f}"]
         cells += [f"+{'+'.join(s.randomised[-1:])} {s.mean:.3f}" + (f" ({s.n_empty} empty)" if s.n_empty else "")

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..cards import DatasetInfo
+from ..cards import Card
 from ..data import DatasetError, load_images
 from ..inference import infer
 from ..predict import decide
@@ -28,15 +28,14 @@ class GalleryItem:
         return self.truth == self.pred
 
 
-def card_dataset(card: dict[str, Any]) -> Any:
+def card_dataset(card: Card) -> Any:
     """The dataset a classifier card was trained on, split exactly as in training.
 
     Raises ``data.DatasetError`` (with a clear message) when the folder is missing.
     """
-    info = DatasetInfo.from_dict(card.get("dataset"))
-    if not info.root:
+    if not card.dataset.root:
         raise DatasetError("the model card does not record its dataset folder")
-    return info.load(task=card.get("task"))
+    return card.dataset.load(task=card.task)
 
 
 def predict_split(

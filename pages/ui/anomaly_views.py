@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from cxr_core.cards import DetectorCard
+
 NORMAL_COLOUR = "#2b8cbe"
 ANOMALY_COLOUR = "#e34a33"
 THRESHOLD_COLOUR = "#222222"
@@ -122,20 +124,16 @@ FAMILIES: dict[str, str] = {
 }
 
 
-def detector_family(card: dict[str, Any]) -> str:
+def detector_family(card: DetectorCard) -> str:
     """Which of :data:`FAMILIES` a detector card describes."""
-    if card.get("family") in FAMILIES:
-        return str(card["family"])
-    if card.get("kind") == "autoencoder":
-        return "pixel reconstruction"
-    if "feature_recon" in card:
-        return "feature reconstruction"
-    return "feature distance"
+    if card.family in FAMILIES:
+        return str(card.family)
+    return {"autoencoder": "pixel reconstruction", "feature_recon": "feature reconstruction"}.get(card.method, "feature distance")
 
 
-def best_by_validation(cards: dict[str, dict[str, Any]]) -> str | None:
+def best_by_validation(cards: dict[str, DetectorCard]) -> str | None:
     """The id whose card has the highest validation AUROC (None when no card has one)."""
-    scored = {k: c.get("metrics", {}).get("val", {}).get("auroc") for k, c in cards.items()}
+    scored = {k: c.val_auroc for k, c in cards.items()}
     scored = {k: v for k, v in scored.items() if v is not None and np.isfinite(v)}
     return max(scored, key=lambda k: scored[k]) if scored else None
 

@@ -96,11 +96,6 @@ def predictor(root: str, signature: tuple) -> Predictor:
     return Predictor.from_registry(root, statuses=entries.cached(root, signature))
 
 
-def is_synthetic(card: dict | None) -> bool:
-    ds = (card or {}).get("dataset", {})
-    return bool(ds.get("synthetic")) or str(ds.get("name", "")).startswith("synthetic")
-
-
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").lower() in ("1", "true", "yes")
 
@@ -192,7 +187,7 @@ def split_predictions(root: str, signature: tuple, entry_id: str, split: str):
     from cxr_core.explain.gallery import card_dataset, predict_split
 
     clf = classifier.cached(root, signature, entry_id)
-    return predict_split(clf, card_dataset(clf.entry.card), split)
+    return predict_split(clf, card_dataset(clf.card), split)
 
 
 @registry_loader(show_spinner=False, max_entries=256)
@@ -213,7 +208,7 @@ def gallery_cam(
 
 
 def _dataset_root(root: str, signature: tuple, entry_id: str) -> str:
-    return str(classifier.cached(root, signature, entry_id).entry.card["dataset"]["root"])
+    return classifier.cached(root, signature, entry_id).card.dataset.root
 
 
 # --- Models & data page (issue 3) ----------------------------------------------------------------
@@ -245,12 +240,12 @@ def reference_set(root: str, signature: tuple, entry_id: str):
     if status is None or not status.ok:
         return None
     entry = status.entry()
-    return ReferenceSet.from_entry(entry) if entry.has("index.npz") and has_thumbs(entry.card.get("files", {})) else None
+    return ReferenceSet.from_entry(entry) if entry.has("index.npz") and has_thumbs(entry.info.files) else None
 
 
 def indexed_classifiers() -> list[EntryStatus]:
     """Usable classifier entries that carry an embedding index, newest first."""
     return [
         s for s in usable(entries(), "classifier")
-        if "index.npz" in s.card.get("files", {}) and has_thumbs(s.card.get("files", {}))
+        if s.info and s.info.has("index.npz") and has_thumbs(s.info.files)
     ]

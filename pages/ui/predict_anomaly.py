@@ -49,26 +49,26 @@ def default_cam(decoded: DecodedImage, prediction: Any) -> tuple[Any, str] | Non
 def render_detector(entry: Any, decoded: DecodedImage, prediction: Any = None, *, with_cam: bool = False) -> None:
     det = anomaly_detector(entry.id)
     out = det.score(decoded.array)
-    card = entry.card
-    threshold = float(card.get("threshold", out.threshold))
+    card = entry.detector_card
+    threshold = card.threshold_or(out.threshold)
     flagged = out.score >= threshold
-    auroc = card.get("metrics", {}).get("test", {}).get("auroc")
+    auroc = card.auroc("test")
     c1, c2 = st.columns([1, 2])
     with c1:
-        st.metric(card.get("name", entry.id), f"{out.score:.4g}",
+        st.metric(card.label, f"{out.score:.4g}",
                   f"{'above' if flagged else 'below'} threshold {threshold:.4g}",
                   delta_color="inverse" if flagged else "normal")
         st.caption(("**Flagged as unlike the healthy training images.** " if flagged else "Within the healthy range. ")
                    + (f"Test AUROC of this detector: {auroc:.3f}." if auroc is not None else ""))
     with c2:
-        hist = card.get("histograms", {}).get("val")
+        hist = card.histograms.get("val")
         if hist is not None:
             st.plotly_chart(histogram_figure(hist, threshold, marker=out.score, height=220), width="stretch",
                             key=f"pred_anomaly_hist::{entry.id}")
     if out.error_map is not None and out.reconstruction is None:
         # Feature reconstruction: where the healthy-only network failed to redraw the film's features,
         # drawn on the film as uploaded (the detector's input is the film squashed to a square).
-        scale = card.get("map_scale")
+        scale = card.map_scale
         shown = map_overlay(decoded.array, out.error_map, vmax=scale)
         caption = ("anomaly map · full colour = the 99th percentile of healthy validation films' error"
                    if scale else "anomaly map (own scale)")
@@ -104,16 +104,16 @@ def render(decoded: DecodedImage, prediction: Any) -> None:
         # Its score reads backwards (pneumonia scores lower than healthy films): "within the healthy
         # range" would mislead, so it is not computed here. The threshold page shows it in full.
         st.caption("Not scored here, worse than chance on validation: " + "; ".join(
-            f"{e.card.get('name', e.id)} (AUROC {e.card['metrics']['val']['auroc']:.3f})" for e in inverted)
+            f"{e.detector_card.label} (AUROC {e.detector_card.val_auroc:.3f})" for e in inverted)
             + ". The Anomaly threshold page shows why.")
     # Best on validation first: its map is the one drawn beside the class activation map.
-    useful.sort(key=lambda e: -(e.card.get("metrics", {}).get("val", {}).get("auroc") or 0.0))
+    useful.sort(key=lambda e: -(e.detector_card.val_auroc or 0.0))
     cam_shown = False
     for entry in useful:
         try:
-            st.caption(f"**{entry.card.get('name', entry.id)}** · {detector_family(entry.card)}")
+            st.caption(f"**{entry.detector_card.label}** · {detector_family(entry.detector_card)}")
             # The best feature reconstruction detector's map goes beside the class activation map.
-            with_cam = not cam_shown and "feature_recon" in entry.card
+            with_cam = not cam_shown and entry.detector_card.has_map
             cam_shown |= with_cam
             render_detector(entry, decoded, prediction, with_cam=with_cam)
         except Exception as e:  # one broken detector must not hide the others

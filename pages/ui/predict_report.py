@@ -27,7 +27,6 @@ from .loaders import (
     anomaly_detector_entries,
     entries,
     explainer,
-    is_synthetic,
     ood_guard,
     reference_set,
 )
@@ -72,7 +71,7 @@ def study_report(decoded: DecodedImage, prediction: Any) -> StudyReport:
     cam, cam_caption = study_cam(decoded, prediction)
     technical = list(extras.get("technical") or [])
     notes = []
-    if any(is_synthetic(s.card) for s in entries() if s.ok and s.id in {m.entry_id for m in models}):
+    if any(s.info and s.info.synthetic for s in entries() if s.id in {m.entry_id for m in models}):
         notes.append("Models trained on synthetic phantoms (demo registry): nothing here is a clinical finding.")
     return StudyReport(
         study=clean_filename(extras.get("name", "study")), image=np.asarray(extras.get("display", decoded.array)),
@@ -101,8 +100,8 @@ def _anomalies(decoded: DecodedImage, models: list[ReportModel]) -> list[ReportA
         if worse_than_chance(e):
             continue
         out = anomaly_detector(e.id).score(decoded.array)
-        thr = float(e.card.get("threshold", out.threshold))
-        anomalies.append(ReportAnomaly(str(e.card.get("name", e.id)), out.score, thr, out.score >= thr, e.id))
+        thr = e.detector_card.threshold_or(out.threshold)
+        anomalies.append(ReportAnomaly(e.detector_card.label, out.score, thr, out.score >= thr, e.id))
         models.append(_model(e, "anomaly detector"))
     return anomalies
 

@@ -10,7 +10,7 @@ import streamlit as st
 
 from cxr_core.registry import is_release, read_release_manifest, usable
 
-from .loaders import entries, is_synthetic, registry_path
+from .loaders import entries, registry_path
 
 
 def demo_banner() -> None:
@@ -28,7 +28,7 @@ def demo_banner() -> None:
             "(Kermany 2018, CC BY 4.0); research use, not a medical device.",
             icon="🫁",
         )
-    elif classifiers and all(is_synthetic(s.card) for s in classifiers):
+    elif classifiers and all(s.info and s.info.synthetic for s in classifiers):
         st.info(
             "**Synthetic demo data.** These models were trained on generated phantoms, not on real patients. "
             f"Nothing here is a clinical finding. Registry: `{root}`.",
