@@ -245,7 +245,7 @@ class ClassifierCard(Card):
 #: Which section holds each detector method's configuration.
 _CONFIG_KEY = {"autoencoder": "autoencoder", "features": "features", "feature_recon": "feature_recon", "ood": "features"}
 _DETECTOR_KEYS = ("detector", "family", "score", "score_direction", "metrics", "metrics_at_threshold", "histograms",
-                  "map_scale", "map_grid", "autoencoder", "features", "feature_recon")
+                  "map_scale", "map_grid", "autoencoder", "features", "feature_recon", "cheap_checks", "false_alarm_rate")
 
 
 @dataclass(frozen=True)
@@ -264,6 +264,8 @@ class DetectorCard(Card):
     histograms: Mapping[str, Any] = field(default_factory=dict)  # by split (cxr_core.thresholds.histogram_data)
     map_scale: float | None = None  # feature reconstruction: the error drawn at full colour
     map_grid: int | None = None
+    cheap_checks: Mapping[str, Any] = field(default_factory=dict)  # the OOD guard's checks before its network
+    false_alarm_rate: Mapping[str, float] = field(default_factory=dict)  # the OOD guard: real films flagged per split
 
     @property
     def val_auroc(self) -> float | None:
@@ -287,7 +289,9 @@ class DetectorCard(Card):
         optional = {"detector": self.detector, "family": self.family, "score": self.score,
                     "score_direction": self.score_direction, "map_scale": self.map_scale, "map_grid": self.map_grid}
         d |= {k: v for k, v in optional.items() if v is not None}
-        d |= {k: dict(v) for k, v in (("metrics_at_threshold", self.metrics_at_threshold), ("histograms", self.histograms)) if v}
+        sections = (("metrics_at_threshold", self.metrics_at_threshold), ("histograms", self.histograms),
+                    ("cheap_checks", self.cheap_checks), ("false_alarm_rate", self.false_alarm_rate))
+        d |= {k: dict(v) for k, v in sections if v}
         return d | ({_CONFIG_KEY[self.method]: dict(self.config)} if self.config else {})
 
 
@@ -339,6 +343,7 @@ def _read_detector(d: Mapping[str, Any]) -> DetectorCard:
         metrics={k: v for k, v in (d.get("metrics") or {}).items() if isinstance(v, Mapping)},
         metrics_at_threshold=dict(d.get("metrics_at_threshold") or {}), histograms=dict(d.get("histograms") or {}),
         map_scale=None if scale is None else float(scale), map_grid=None if grid is None else int(grid),
+        cheap_checks=dict(d.get("cheap_checks") or {}), false_alarm_rate=dict(d.get("false_alarm_rate") or {}),
     )
 
 

@@ -34,6 +34,7 @@ from .anomaly import (
     suggest_thresholds,
     train_autoencoder,
 )
+from .cards import DatasetInfo, DetectorCard
 from .config import InputSpec, normal_class
 from .data import Dataset, Sample, load_images, read_dataset, with_validation_split
 from .feature_recon import RECON_KINDS, ReconConfig, extract_maps, train_recon
@@ -117,24 +118,14 @@ class _Features:
         return self._cache[key]
 
 
-def _dataset_card(cfg: AnomalyConfig, ds: Dataset, used: dict[str, int]) -> dict[str, Any]:
-    d = {
-        "name": ds.name,
-        "root": str(ds.root.resolve()),
-        "counts": ds.counts(),
-        "used": used,
-        "fingerprint": ds.fingerprint(),
-        "validation": {"fraction": cfg.val_fraction, "seed": cfg.seed, "by": "patient"},
-        "train_labels": [cfg.normal_class or "NORMAL"],
-    }
-    if cfg.synthetic:
-        d.update({"synthetic": True, "name": "synthetic-demo"})
-    return d
+def _dataset_info(cfg: AnomalyConfig, ds: Dataset, splits: dict[str, list[Sample]], *labels: str) -> DatasetInfo:
+    return DatasetInfo.of(ds, {k: len(v) for k, v in splits.items()}, cfg.val_fraction, cfg.seed,
+                          train_labels=labels or (cfg.normal_class or "NORMAL",), synthetic=cfg.synthetic)
 
 
 def _write(
     cfg: AnomalyConfig,
-    card: dict[str, Any],
+    card: DetectorCard,
     weights: dict[str, torch.Tensor],
     splits: dict[str, list[Sample]],
     scores: dict[str, np.ndarray],
@@ -157,36 +148,31 @@ def _write(
         "splits": np.array([s for s in order for _ in splits[s]]),
         "subtypes": np.array([x.subtype for s in order for x in splits[s]]),
     }
-    card = {
-        **card,
-        "metrics": metrics,
-        "metrics_at_threshold": at_thr,
-        "histograms": hists,
-        "thresholds": th,
-        "threshold": th["threshold"],
-        "threshold_source": {"name": th["chosen"], "split": "val", "note": th["note"]},
-        "score_direction": "higher = less like the healthy training images; flagged when score >= threshold",
-    }
+    card = replace(
+        card, metrics=metrics, metrics_at_threshold=at_thr, histograms=hists, thresholds=th, threshold=th["threshold"],
+        threshold_source={"name": th["chosen"], "split": "val", "note": th["note"]},
+        score_direction="higher = less like the healthy training images; flagged when score >= threshold",
+    )
     entry = write_entry(cfg.out, card, weights=weights, arrays={"scores.npz": arrays})
     for s in order:
         m = metrics[s]
         auroc = "n/a" if m["auroc"] is None else f"{m['auroc']:.4f}"
         aupr = "n/a" if m["aupr"] is None else f"{m['aupr']:.4f}"
-        log(f"  {card['name']:<34} {s:>4}: AUROC {auroc}  AUPR {aupr} (chance {m['aupr_chance']:.3f})  n={m['n']}")
+        log(f"  {card.name:<34} {s:>4}: AUROC {auroc}  AUPR {aupr} (chance {m['aupr_chance']:.3f})  n={m['n']}")
     if th["fallback"]:
         log(f"  note: {th['note']}")
     return entry
 
 
-def _base_card(cfg: AnomalyConfig, ds: Dataset, splits: dict[str, list[Sample]], kind: str, task: str) -> dict[str, Any]:
-    return {
-        "kind": kind,
-        "task": task,
-        "classes": ["NORMAL", "PNEUMONIA"] if cfg.normal_class == "NORMAL" else [cfg.normal_class, f"not {cfg.normal_class}"],
-        "normal_class": cfg.normal_class,
-        "dataset": _dataset_card(cfg, ds, {k: len(v) for k, v in splits.items()}),
-        "notes": cfg.notes,
-    }
+def _base_card(cfg: AnomalyConfig, ds: Dataset, splits: dict[str, list[Sample]], kind: str, method: str,
+               **fields: Any) -> DetectorCard:
+    """What every healthy-only detector's card says, with ``fields`` (name, architecture, config, ...) on top."""
+    normal = cfg.normal_class or "NORMAL"
+    return DetectorCard(
+        kind=kind, task="anomaly", method=method, normal_class=cfg.normal_class, notes=cfg.notes,
+        classes=("NORMAL", "PNEUMONIA") if normal == "NORMAL" else (normal, f"not {normal}"),
+        dataset=_dataset_info(cfg, ds, splits), **fields,
+    )
 
 
 def fit_autoencoder(cfg: AnomalyConfig, ds: Dataset, splits: dict[str, list[Sample]], images: _Images,
@@ -204,16 +190,12 @@ def fit_autoencoder(cfg: AnomalyConfig, ds: Dataset, splits: dict[str, list[Samp
         if splits[s]:
             cb = (lambda i, n, s=s: progress(f"score {s}", i, n)) if progress else None
             scores[s] = autoencoder_scores(model, images.get(s, splits[s], spec), ae.loss, ae.region, progress=cb)[0]
-    card = {
-        **_base_card(cfg, ds, splits, "autoencoder", "anomaly"),
-        "name": f"Autoencoder ({ae.loss}, {ae.size}px)",
-        "detector": f"autoencoder-{ae.loss}",
-        "architecture": "conv_autoencoder",
-        "pretrained": False,
-        "input": spec.to_dict(),
-        "autoencoder": ae.to_dict(),
-        "score": f"mean {ae.loss} reconstruction error over the central box {list(ae.region)} (top, bottom, left, right)",
-        "training": {
+    card = _base_card(
+        cfg, ds, splits, "autoencoder", "autoencoder", name=f"Autoencoder ({ae.loss}, {ae.size}px)",
+        detector=f"autoencoder-{ae.loss}", architecture="conv_autoencoder", pretrained=False, input=spec,
+        config=ae.to_dict(),
+        score=f"mean {ae.loss} reconstruction error over the central box {list(ae.region)} (top, bottom, left, right)",
+        training={
             "args": cfg.args(),
             "epochs_run": len(history),
             "seconds_total": time.perf_counter() - t0,
@@ -221,7 +203,7 @@ def fit_autoencoder(cfg: AnomalyConfig, ds: Dataset, splits: dict[str, list[Samp
             "n_train_normal": len(splits["train_normal"]),
             "history": history,
         },
-    }
+    )
     return _write(cfg, card, model.state_dict(), splits, scores, log)
 
 
@@ -243,25 +225,20 @@ def fit_feature_detectors(cfg: AnomalyConfig, ds: Dataset, splits: dict[str, lis
         det = FeatureDetector.fit(mcfg, feats["train_normal"])
         scores = {s: det.score(feats[s]) for s in ("val", "test") if s in feats}
         label = "Mahalanobis" if method == "mahalanobis" else f"{mcfg.k}-NN distance"
-        card = {
-            **_base_card(cfg, ds, splits, "detector", "anomaly"),
-            "name": f"Pretrained features, {label}",
-            "detector": f"features-{method}",
-            "architecture": fc.architecture,
-            "pretrained": True,
-            "pretrained_source": backbone.source,
-            "input": spec.to_dict(),
-            "features": mcfg.to_dict(),
-            "score": (f"{label} of ImageNet {fc.architecture} features ({fc.pooling}-pooled blocks "
-                      f"{', '.join(fc.layers)}) to the healthy training images, averaged over blocks"),
-            "training": {
+        card = _base_card(
+            cfg, ds, splits, "detector", "features", name=f"Pretrained features, {label}", detector=f"features-{method}",
+            architecture=fc.architecture, pretrained=True, pretrained_source=backbone.source, input=spec,
+            config=mcfg.to_dict(),
+            score=(f"{label} of ImageNet {fc.architecture} features ({fc.pooling}-pooled blocks "
+                   f"{', '.join(fc.layers)}) to the healthy training images, averaged over blocks"),
+            training={
                 "args": cfg.args(),
                 "seconds_total": t_feat + time.perf_counter() - t1,
                 "seconds_features": t_feat,
                 "device": f"cpu ({torch.get_num_threads()} threads)",
                 "n_train_normal": len(splits["train_normal"]),
             },
-        }
+        )
         made.append(_write(cfg, card, det.tensors, splits, scores, log))
     return made
 
@@ -300,21 +277,14 @@ def fit_feature_recon(cfg: AnomalyConfig, ds: Dataset, splits: dict[str, list[Sa
         # The error drawn at full colour on the maps: 99th percentile over healthy validation films' positions.
         map_scale = float(np.quantile(err_maps["val"][val_normal], 0.99)) if val_normal.any() else None
         err = "mean squared error" if kind == "inpaint" else "1 − cosine similarity"
-        card = {
-            **_base_card(cfg, ds, splits, "detector", "anomaly"),
-            "name": f"{RECON_NAMES[kind]} ({rc.size}px)",
-            "detector": f"feature-recon-{kind}",
-            "family": "feature reconstruction",
-            "architecture": rc.architecture,
-            "pretrained": True,
-            "pretrained_source": backbone.source,
-            "input": spec.to_dict(),
-            "feature_recon": kcfg.to_dict(),
-            "map_scale": map_scale,
-            "map_grid": int(maps["train_normal"].shape[-1]),
-            "score": (f"{err} of reconstructed ImageNet {rc.architecture} feature maps (blocks {', '.join(rc.layers)}, "
-                      f"stride-16 grid), {kcfg.pooling} over the box {list(kcfg.region)} (top, bottom, left, right)"),
-            "training": {
+        card = _base_card(
+            cfg, ds, splits, "detector", "feature_recon", name=f"{RECON_NAMES[kind]} ({rc.size}px)",
+            detector=f"feature-recon-{kind}", family="feature reconstruction", architecture=rc.architecture,
+            pretrained=True, pretrained_source=backbone.source, input=spec, config=kcfg.to_dict(), map_scale=map_scale,
+            map_grid=int(maps["train_normal"].shape[-1]),
+            score=(f"{err} of reconstructed ImageNet {rc.architecture} feature maps (blocks {', '.join(rc.layers)}, "
+                   f"stride-16 grid), {kcfg.pooling} over the box {list(kcfg.region)} (top, bottom, left, right)"),
+            training={
                 "args": cfg.args(),
                 "seconds_total": t_feat + t_train,
                 "seconds_features": t_feat,
@@ -324,7 +294,7 @@ def fit_feature_recon(cfg: AnomalyConfig, ds: Dataset, splits: dict[str, list[Sa
                 "n_train_normal": len(splits["train_normal"]),
                 "history": history,
             },
-        }
+        )
         made.append(_write(cfg, card, det.tensors(), splits, scores, log))
     return made
 
@@ -346,24 +316,16 @@ def fit_ood(cfg: AnomalyConfig, ds: Dataset, splits: dict[str, list[Sample]], fe
     guard = fit_ood_guard(feats["train_all"], feats["val"], quantile=cfg.ood_quantile, margin=cfg.ood_margin, cfg=oc)
     scores = {s: guard.detector.score(feats[s]) for s in ("val", "test") if s in feats}
     rates = {s: float((scores[s] >= guard.threshold).mean()) for s in scores}
-    card = {
-        "kind": "detector",
-        "task": "ood",
-        "name": "Chest X-ray look-alike guard",
-        "detector": "ood-features-mahalanobis",
-        "architecture": oc.architecture,
-        "pretrained": True,
-        "pretrained_source": backbone.source,
-        "input": spec.to_dict(),
-        "features": oc.to_dict(),
-        "threshold": guard.threshold,
-        "thresholds": {"quantile": cfg.ood_quantile, "margin": cfg.ood_margin, "split": "val", "note": guard.note},
-        "cheap_checks": guard.cheap_checks(),
-        "false_alarm_rate": rates,
-        "dataset": _dataset_card(cfg, ds, {k: len(v) for k, v in splits.items()}) | {"train_labels": ["NORMAL", "PNEUMONIA"]},
-        "training": {"args": cfg.args(), "seconds_total": time.perf_counter() - t0,
-                     "n_train": len(splits["train_normal"]) + len(splits.get("train_sick", []))},
-    }
+    card = DetectorCard(
+        kind="detector", task="ood", method="ood", name="Chest X-ray look-alike guard", detector="ood-features-mahalanobis",
+        architecture=oc.architecture, pretrained=True, pretrained_source=backbone.source, input=spec, config=oc.to_dict(),
+        threshold=guard.threshold,
+        thresholds={"quantile": cfg.ood_quantile, "margin": cfg.ood_margin, "split": "val", "note": guard.note},
+        cheap_checks=guard.cheap_checks(), false_alarm_rate=rates,
+        dataset=_dataset_info(cfg, ds, splits, "NORMAL", "PNEUMONIA"),
+        training={"args": cfg.args(), "seconds_total": time.perf_counter() - t0,
+                  "n_train": len(splits["train_normal"]) + len(splits.get("train_sick", []))},
+    )
     entry = write_entry(cfg.out, card, weights=guard.detector.tensors)
     log(f"  OOD guard: threshold {guard.threshold:.3f}; real CXRs flagged: "
         + ", ".join(f"{s} {r:.1%}" for s, r in rates.items()))

@@ -168,7 +168,7 @@ class Predictor:
         statuses = statuses if statuses is not None else list_entries(root)
         loaded: dict[str, LoadedClassifier] = {}
         # One classifier per task (the marked default, else the newest): binary, multiclass, then any other.
-        for task in ordered_tasks(str(s.card.get("task")) for s in usable(statuses, "classifier")):
+        for task in ordered_tasks(str(s.info.task) for s in usable(statuses, "classifier") if s.info):
             entry = select(statuses, "classifier", task)
             if entry is not None:
                 loaded[task] = load_classifier(entry)
