@@ -6,7 +6,7 @@ ENTRY is an entry id, an entry folder, or binary|multiclass (the entry the app u
 Predict page's default map, at the stride-16 layer) explains the predicted class of ``--films`` evenly
 spaced films of the entry's test split (path order, ``training.focus_films``); printed: the share whose
 peak lies inside the lung box (rows 12-85 %, columns 10-90 % of the input) and the mean share of the
-map's mass inside it, the numbers ``train_classifier`` stores as ``card["lung_focus"]``. Use it for
+map's mass inside it, the numbers ``train_classifier`` stores as the card's ``lung_focus``. Use it for
 entries trained before the card carried them (the "before" of a recipe change).
 """
 
@@ -38,14 +38,15 @@ def main(argv: list[str] | None = None) -> int:
 
     entry = resolve_entry(ns.entry, ns.registry)
     clf = load_classifier(entry)
-    ds = with_validation_split(read_dataset(ns.data), 0.1, 0) if ns.data else card_dataset(entry.card)
+    card = entry.classifier_card
+    ds = with_validation_split(read_dataset(ns.data), 0.1, 0) if ns.data else card_dataset(card)
     test = ds.split("test")
     keep = focus_films(len(test), ns.films)
     arr = load_images(ds, [test[i] for i in keep], lambda g: prepare(g, clf.spec), workers=2)
     t0 = time.perf_counter()
-    r = lung_focus_of_model(clf.model, entry.card["architecture"], entry.card["task"], clf.spec, arr, films=len(arr))
-    stored = entry.card.get("lung_focus") or {}
-    print(f"{entry.id} ({entry.card['task']}, {entry.card['architecture']}, {clf.spec.size} px): {r['films']} test films, "
+    r = lung_focus_of_model(clf.model, str(card.architecture), str(card.task), clf.spec, arr, films=len(arr))
+    stored = card.lung_focus or {}
+    print(f"{entry.id} ({card.task}, {card.architecture}, {clf.spec.size} px): {r['films']} test films, "
           f"{r['method']} at {r['layer']}: peak inside the lung box {r['peak_inside']:.3f} "
           f"({int(round(r['peak_inside'] * r['films']))}/{r['films']}), mass inside {r['mass_inside']:.3f} "
           f"[{time.perf_counter() - t0:.0f} s]" + (f"; card says {stored['peak_inside']:.3f} / {stored['mass_inside']:.3f}" if stored else ""))

@@ -80,7 +80,7 @@ def _knn_stage(predictor: Any) -> tuple[Callable[[np.ndarray], Any] | None, str]
     if clf is None:
         return None, "no classifier"
     entry = clf.entry
-    if not (entry.has("index.npz") and has_thumbs(entry.card.get("files", {}))):
+    if not (entry.has("index.npz") and has_thumbs(entry.info.files)):
         return None, f"`{entry.id}` has no index.npz (build it with `python -m train.index {entry.id} --data DIR`)"
     ref = ReferenceSet.from_entry(entry)
     map_name = next((m for m in ("umap_2d", "tsne_2d") if m in ref.maps), None)
@@ -135,8 +135,8 @@ def run(registry: Path, images: Path, n: int = 20, warmup: int = 2, threads: int
     skipped = [e for e in anomaly_entries(statuses) if worse_than_chance(e)]
     detectors = [load_detector(e) for e in anomaly_entries(statuses) if not worse_than_chance(e)]
     for e in skipped:
-        res.notes.append(f"not run, as on the Predict page: `{e.card.get('name', e.id)}` is worse than chance on "
-                         f"validation (AUROC {e.card['metrics']['val']['auroc']:.3f})")
+        res.notes.append(f"not run, as on the Predict page: `{e.detector_card.label}` is worse than chance on "
+                         f"validation (AUROC {e.detector_card.val_auroc:.3f})")
     feature_passes = {
         f"{d.features.cfg.architecture}_{d.spec.size}px": (d.features.cfg.architecture, d.spec, d.features.cfg.layers[0])
         for d in detectors if d.features is not None

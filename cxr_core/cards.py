@@ -187,7 +187,7 @@ class Card:
 
 #: Classifier keys the typed fields stand for.
 _CLASSIFIER_KEYS = ("num_outputs", "embedding_dim", "metrics", "curves", "calibration", "recipe", "index", "lung_focus",
-                    "drop_rate", "weights_base", "evaluations")
+                    "drop_rate", "weights_base", "evaluations", "release_check")
 
 
 @dataclass(frozen=True)
@@ -206,6 +206,7 @@ class ClassifierCard(Card):
     drop_rate: float = 0.2
     weights_base: Mapping[str, Any] | None = None  # compact (release) entries: which stages are ImageNet's, from where
     evaluations: tuple[Mapping[str, Any], ...] = ()  # one record per ``python -m train.evaluate`` run stored
+    release_check: Mapping[str, Any] = field(default_factory=dict)  # release copies: what train.release verified
 
     @property
     def has_index(self) -> bool:
@@ -239,7 +240,9 @@ class ClassifierCard(Card):
                     "weights_base": self.weights_base}
         d |= {k: v for k, v in optional.items() if v is not None}
         d |= {"evaluations": [dict(e) for e in self.evaluations]} if self.evaluations else {}
-        return d | {k: dict(v) for k, v in (("curves", self.curves), ("calibration", self.calibration), ("index", self.index)) if v}
+        sections = (("curves", self.curves), ("calibration", self.calibration), ("index", self.index),
+                    ("release_check", self.release_check))
+        return d | {k: dict(v) for k, v in sections if v}
 
 
 #: Which section holds each detector method's configuration.
@@ -331,6 +334,7 @@ def _read_classifier(d: Mapping[str, Any]) -> ClassifierCard:
         lung_focus=focus if isinstance(focus, Mapping) else None, drop_rate=float(d.get("drop_rate", 0.2)),
         weights_base=d.get("weights_base") if isinstance(d.get("weights_base"), Mapping) else None,
         evaluations=tuple(e for e in d.get("evaluations") or () if isinstance(e, Mapping)),
+        release_check=dict(d.get("release_check") or {}),
     )
 
 

@@ -4,12 +4,15 @@
 - no import cycle among cxr_core modules, counting imports made inside functions;
 - no function in cxr_core or pages longer than 60 lines;
 - every cxr_core module is listed in the package docstring and in docs/ARCHITECTURE.md;
+- a card's JSON is read and written only in cxr_core/cards.py (and stored by the registry): everything
+  else uses the typed cards;
 - every architecture is one ArchSpec whose layer names resolve on the built network.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -89,6 +92,27 @@ def test_every_module_is_listed_in_the_package_docstring_and_the_architecture_do
     missing_doc = sorted(m for m in top if f"`{m}`" not in doc and f"cxr_core/{m}" not in doc)
     assert not missing_init, f"cxr_core/__init__.py does not list {missing_init}"
     assert not missing_doc, f"docs/ARCHITECTURE.md does not mention {missing_doc}"
+
+
+#: Dict-style access to a card: ``card["x"]``, ``card.get("x")``, ``entry.card.items()``, ``s.card or {}``.
+_CARD_DICT = re.compile(r"\bcard\s*(\[|\.get\(|\.items\(|\.keys\(|\.setdefault\(|or \{\})")
+#: The card's JSON layout lives in cards.py; the registry stores and verifies it, overlay.py lays the user's
+#: saved settings over it, report.py hashes it whole.
+_CARD_JSON_MODULES = {"cxr_core/cards.py", "cxr_core/registry.py", "cxr_core/overlay.py"}
+
+
+def test_card_json_is_read_only_through_the_typed_cards() -> None:
+    files = [*CORE.rglob("*.py"), *(ROOT / "pages").rglob("*.py"), *(ROOT / "train").rglob("*.py"),
+             *(ROOT / "bench").rglob("*.py"), ROOT / "home.py", ROOT / "app.py"]
+    found = []
+    for path in files:
+        rel = str(path.relative_to(ROOT))
+        if rel in _CARD_JSON_MODULES:
+            continue
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if _CARD_DICT.search(line.split("#")[0]):
+                found.append(f"{rel}:{i}: {line.strip()}")
+    assert not found, "card JSON read outside cxr_core/cards.py (use entry.info / the typed cards):\n" + "\n".join(found)
 
 
 @pytest.mark.parametrize("name", list(ARCH_SPECS))

@@ -196,16 +196,17 @@ def test_lung_box_on_a_cropped_input():
 
 
 def test_issue14_status_reads_the_threshold_in_use():
+    from cxr_core.cards import read_card
     from train.results import _matching_recipe, issue14_status
 
     at = {"accuracy": 0.95, "sensitivity": 0.96, "specificity": 0.93}
     card = {"task": "binary", "threshold_source": "sens95_val", "lung_focus": {"peak_inside": 0.9, "mass_inside": 0.7},
             "metrics": {"test": {"accuracy": 0.8, "auroc": 0.97, "sensitivity": 0.99, "specificity": 0.5, "ece": 0.1,
                                  "ece_calibrated": 0.04}, "test@sens95_val": at}}
-    s = issue14_status(card)
+    s = issue14_status(read_card({"kind": "classifier", **card}))
     assert "accuracy ≥ 0.928: **met** (0.9500)" in s and "specificity ≥ 0.9: **met**" in s and "ece ≤ 0.05: **met**" in s
     assert "lung focus ≥ 80 % / 80 %: not met" in s
     card["threshold_source"] = "default"
-    assert "specificity ≥ 0.9: not met (0.5000)" in issue14_status(card)
+    assert "specificity ≥ 0.9: not met (0.5000)" in issue14_status(read_card({"kind": "classifier", **card}))
     assert _matching_recipe({**RECIPES["cpu-baseline"], "seed": 0}) == "= cpu-baseline"
     assert _matching_recipe({"size": 96}) == "—"

@@ -7,7 +7,7 @@ the path of an entry folder. Prints accuracy, precision, recall/sensitivity, spe
 F1, AUROC, per-class accuracy, the confusion matrix and the expected calibration error,
 plain and with TTA (and, for the binary task, at the thresholds the card chose on
 validation), and stores them in the card under ``metrics["eval:<split>..."]`` plus a
-line in ``card["evaluations"]``. The validation split is re-made exactly as training
+line in the card's ``evaluations``. The validation split is re-made exactly as training
 made it (same fraction and seed, by patient). A dataset whose fingerprint differs from
 the one the card was trained on is evaluated, with a warning.
 """

@@ -20,12 +20,13 @@ import argparse
 import os
 import shlex
 import sys
+from collections.abc import Mapping
 from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cxr_core.cards import MetricKey
+from cxr_core.cards import ClassifierCard, MetricKey
 from cxr_core.config import ordered_tasks
 from cxr_core.registry import EntryStatus, list_entries, registry_root, usable
 from cxr_core.training import RECIPES, TrainConfig
@@ -79,9 +80,9 @@ def command_from_args(args: dict[str, Any]) -> str:
     return " ".join(shlex.quote(p) for p in parts if p)
 
 
-def is_synthetic(card: dict[str, Any]) -> bool:
-    ds = card.get("dataset", {})
-    return bool(ds.get("synthetic")) or str(ds.get("name", "")).startswith("synthetic")
+def _sets(card: ClassifierCard) -> dict[str, Mapping[str, Any]]:
+    """The card's metric sets by their card key (``test``, ``test_tta4@youden_val``, ...)."""
+    return {str(k): v for k, v in card.metrics.items()}
 
 
 def _pct(v: Any) -> str:
@@ -99,12 +100,12 @@ def _tta_key(metrics: dict[str, Any], split: str) -> str | None:
     return str(max(keys, key=lambda mk: mk.tta)) if keys else None
 
 
-def metric_rows(card: dict[str, Any], split: str = "test") -> list[tuple[str, dict[str, Any]]]:
+def metric_rows(card: ClassifierCard, split: str = "test") -> list[tuple[str, Mapping[str, Any]]]:
     """(label, metrics) rows for a split: plain, @Youden(val), TTA, TTA@Youden(val), then stored evaluations."""
-    m = card.get("metrics", {})
-    rows: list[tuple[str, dict[str, Any]]] = []
+    m = _sets(card)
+    rows: list[tuple[str, Mapping[str, Any]]] = []
     tta = _tta_key(m, split)
-    cut = "@0.5" if card.get("task") == "binary" else "(argmax)"
+    cut = "@0.5" if card.task == "binary" else "(argmax)"
     plain = MetricKey(split)
     for key, label in ((plain, f"plain {cut}"), (plain.with_(threshold="youden_val"), "plain @Youden(val)")):
         if str(key) in m:
@@ -119,7 +120,7 @@ def metric_rows(card: dict[str, Any], split: str = "test") -> list[tuple[str, di
     return rows
 
 
-def _table(task: str, rows: list[tuple[str, dict[str, Any]]], classes: list[str]) -> list[str]:
+def _table(task: str, rows: list[tuple[str, Mapping[str, Any]]], classes: list[str]) -> list[str]:
     if task == "binary":
         out = ["| test | accuracy | sensitivity | specificity | precision | F1 | AUROC | ECE | threshold |",
                "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -140,9 +141,9 @@ def _table(task: str, rows: list[tuple[str, dict[str, Any]]], classes: list[str]
     return out
 
 
-def target_status(card: dict[str, Any]) -> str:
+def target_status(card: ClassifierCard) -> str:
     """Which targets the best of plain / TTA / Youden(val) test figures reach (never a test-chosen threshold)."""
-    task = card.get("task", "")
+    task = card.task or ""
     goals = TARGETS.get(task)
     rows = [m for label, m in metric_rows(card) if not label.startswith("`")]
     if not goals or not rows:
@@ -155,24 +156,21 @@ def target_status(card: dict[str, Any]) -> str:
 
 
 def entry_section(root: Path, status: EntryStatus) -> list[str]:
-    card = status.card or {}
-    t = card.get("training", {})
-    ds = card.get("dataset", {})
-    inp = card.get("input", {})
-    task = card.get("task", "?")
-    synthetic = is_synthetic(card)
+    card = status.info
+    assert isinstance(card, ClassifierCard)
+    t, ds, task = card.training, card.dataset, card.task or "?"
+    synthetic = card.synthetic
     title = f"### `{status.id}`" + (" — SYNTHETIC demo data, not clinical" if synthetic else "")
-    used = ds.get("used", {})
     lines = [
         title,
         "",
-        f"- task **{task}** · {card.get('architecture')} · {inp.get('size')} px"
-        + (" · CLAHE" if inp.get("clahe") else "")
-        + f" · pretrained: {card.get('pretrained_source') or 'no (random init)'}"
+        f"- task **{task}** · {card.architecture} · {card.input.size if card.input else None} px"
+        + (" · CLAHE" if card.input and card.input.clahe else "")
+        + f" · pretrained: {card.pretrained_source or 'no (random init)'}"
         + (f" · frozen stages: {t.get('frozen_stages')}" if t.get("frozen_stages") else ""),
-        f"- dataset `{ds.get('name')}` ({'synthetic phantoms' if synthetic else ds.get('root')}), images used "
-        + ", ".join(f"{k} {v}" for k, v in used.items())
-        + f"; validation: {ds.get('validation', {}).get('fraction')} of train patients (seed {ds.get('validation', {}).get('seed')}), by patient",
+        f"- dataset `{ds.name}` ({'synthetic phantoms' if synthetic else ds.root}), images used "
+        + ", ".join(f"{k} {v}" for k, v in ds.used.items())
+        + f"; validation: {ds.val_fraction} of train patients (seed {ds.val_seed}), by patient",
         f"- device **{t.get('device')}** · world size {t.get('world_size', 1)} · {t.get('seconds_total', 0):.0f} s total "
         f"({t.get('seconds_decode', 0):.0f} s decode, {t.get('seconds_features', 0):.0f} s frozen-stage features"
         + (" (read from the feature cache)" if t.get("features_from_cache") else "")
@@ -181,16 +179,16 @@ def entry_section(root: Path, status: EntryStatus) -> list[str]:
         f"· {t.get('images_per_second', 0):.1f} training images/s"
         + (" (trainable stages only, on cached frozen-stage features)" if t.get("frozen_stages") else ""),
         f"- command: `{command_from_args(t.get('args', {}))}`",
-        f"- registry: `{root}` · created {card.get('created_at')} · code {card.get('code_version')}",
+        f"- registry: `{root}` · created {card.created_at} · code {card.code_version}",
     ]
     if t.get("args", {}).get("notes"):
         lines.append(f"- notes: {t['args']['notes']}")
     # The targets are defined on kermany's official test split; elsewhere they would mislead.
-    status_line = target_status(card) if "kermany" in str(ds.get("name", "")).lower() and not synthetic else ""
+    status_line = target_status(card) if "kermany" in ds.name.lower() and not synthetic else ""
     if status_line:
         lines.append(f"- targets on the official test split: {status_line}")
-    lines += ["", *_table(task, metric_rows(card), card.get("classes", [])), ""]
-    thr = card.get("thresholds", {})
+    lines += ["", *_table(task, metric_rows(card), list(card.classes)), ""]
+    thr = card.thresholds
     if thr:
         lines += ["Thresholds (chosen on validation only): " + ", ".join(f"{k} = {v:.4f}" for k, v in thr.items()), ""]
     return lines
@@ -201,13 +199,14 @@ def summary_table(roots: list[Path]) -> list[str]:
     rows = []
     for root in roots:
         for s in usable(list_entries(root), "classifier"):
-            c, t = s.card, s.card.get("training", {})
-            m = c.get("metrics", {})
+            c = s.info
+            assert isinstance(c, ClassifierCard)
+            t, m = c.training, _sets(c)
             plain, tta_key = m.get("test") or {}, _tta_key(m, "test")
             tta = m.get(tta_key) or {} if tta_key else {}
-            auroc = "auroc" if c.get("task") == "binary" else "auroc_ovr"
-            rows.append((c.get("task", ""), c.get("created_at", ""), (
-                f"| `{s.id}`{' (synthetic)' if is_synthetic(c) else ''} | {c.get('task')} | {t.get('device')} | "
+            auroc = "auroc" if c.task == "binary" else "auroc_ovr"
+            rows.append((c.task or "", c.created_at or "", (
+                f"| `{s.id}`{' (synthetic)' if c.synthetic else ''} | {c.task} | {t.get('device')} | "
                 f"{t.get('seconds_total', 0):.0f} | {_pct(plain.get('accuracy'))} | {_pct(tta.get('accuracy'))} | "
                 f"{_num(plain.get(auroc))} | {_num(tta.get(auroc))} | {_pct(plain.get('specificity', (plain.get('as_binary') or {}).get('specificity')))} |"
             )))
@@ -227,24 +226,24 @@ def _matching_recipe(args: dict[str, Any]) -> str:
     return "—"
 
 
-def recipe_row(card: dict[str, Any]) -> str:
+def recipe_row(card: ClassifierCard) -> str:
     """One line of the recipe table: recipe, command, train time, validation and test figures, lung focus."""
-    t, m = card.get("training", {}), card.get("metrics", {})
-    task = card.get("task")
+    t, m = card.training, _sets(card)
+    task = card.task
     val, test = m.get("val") or {}, m.get("test") or {}
     tta_key = _tta_key(m, "test")
     tta = m.get(tta_key) or {} if tta_key else {}
-    focus = card.get("lung_focus") or {}
+    focus = card.lung_focus or {}
     lung = f"{_pct(focus.get('peak_inside'))} / {_pct(focus.get('mass_inside'))}" if focus else "—"
     ece = f"{_num(test.get('ece'), 3)} → {_num(test.get('ece_calibrated'), 3)}"
-    recipe = card.get("recipe") or _matching_recipe(t.get("args", {}))
+    recipe = card.recipe or _matching_recipe(t.get("args", {}))
     cmd = f"`{command_from_args(t.get('args', {}))}`"
     if task == "binary":
         points = []
         for name in ("default", "sens95_val", "youden_val"):
             pm = m.get(str(MetricKey("test", threshold=None if name == "default" else name)))
             if pm:
-                mark = "**" if name == (card.get("threshold_source") or "default") else ""
+                mark = "**" if name == (card.threshold_source or "default") else ""
                 points.append(f"{mark}{name}: {_pct(pm.get('accuracy'))} ({_pct(pm.get('sensitivity'))} / {_pct(pm.get('specificity'))}){mark}")
         figures = (f"{_num(val.get('auroc'))} | {_pct(test.get('accuracy'))} / {_pct(tta.get('accuracy'))} | "
                    f"{_num(test.get('auroc'))} / {_num(tta.get('auroc'))} | " + " · ".join(points))
@@ -256,13 +255,13 @@ def recipe_row(card: dict[str, Any]) -> str:
     return f"| {recipe} | {task} | {cmd} | {t.get('seconds_total', 0) / 60:.1f} | {figures} | {ece} | {lung} |"
 
 
-def issue14_status(card: dict[str, Any]) -> str:
+def issue14_status(card: ClassifierCard) -> str:
     """Issue 14's targets for one card: met / not met, at the threshold in use (binary) and on calibrated ECE."""
-    task, m = card.get("task"), card.get("metrics", {})
+    task, m = card.task, _sets(card)
     goals = ISSUE14.get(task)
     if not goals or "test" not in m:
         return ""
-    src = card.get("threshold_source") or "default"
+    src = card.threshold_source if isinstance(card.threshold_source, str) else "default"
     op = None if src in ("default", "argmax") else src
     at = m.get(str(MetricKey("test", threshold=op))) or m["test"]
     tta_key = _tta_key(m, "test")
@@ -279,7 +278,7 @@ def issue14_status(card: dict[str, Any]) -> str:
         v = have.get(name)
         ok = v is not None and (v <= goal if name == "ece" else v >= goal)
         parts.append(f"{name} {'≤' if name == 'ece' else '≥'} {goal:g}: {'**met**' if ok else 'not met'} ({_num(v, 4)})")
-    focus = card.get("lung_focus") or {}
+    focus = card.lung_focus or {}
     if focus:
         ok = all((focus.get(k) or 0) >= v for k, v in LUNG_TARGET.items())
         parts.append(f"lung focus ≥ 80 % / 80 %: {'**met**' if ok else 'not met'} "
@@ -292,12 +291,12 @@ def recipe_table(roots: list[Path]) -> list[str]:
     rows = []
     for root in roots:
         for s in usable(list_entries(root), "classifier"):
-            if not is_synthetic(s.card):
-                rows.append((s.card.get("task", ""), s.card.get("created_at", ""), recipe_row(s.card)))
+            if isinstance(c := s.info, ClassifierCard) and not c.synthetic:
+                rows.append((c.task or "", c.created_at or "", recipe_row(c)))
     if not rows:
         return []
-    status = [f"- `{s.id}` ({s.card.get('task')}): {issue14_status(s.card)}" for root in roots for s in usable(list_entries(root), "classifier")
-              if not is_synthetic(s.card) and issue14_status(s.card)]
+    cards = [c for root in roots for s in usable(list_entries(root), "classifier") if isinstance(c := s.info, ClassifierCard)]
+    status = [f"- `{c.id}` ({c.task}): {issue14_status(c)}" for c in cards if not c.synthetic and issue14_status(c)]
     head = [
         "| recipe | task | command | minutes here | val AUROC (binary) / accuracy (3-class) | test accuracy plain / TTA | "
         "test AUROC plain / TTA | test accuracy (sens / spec) at each validation-chosen threshold, **in use** · 3-class recall | "
@@ -639,8 +638,8 @@ def build_markdown(roots: list[Path], levers: Path | None = None, ensembles: Pat
         if not classifiers:
             out += ["No usable classifier entries.", ""]
         # Oldest first: the document reads as the sequence of runs.
-        for task in ordered_tasks(str(c.card.get("task")) for c in classifiers):
-            for s in sorted((c for c in classifiers if c.card.get("task") == task), key=lambda c: c.card.get("created_at", "")):
+        for task in ordered_tasks(str(c.info.task) for c in classifiers if c.info):
+            for s in sorted((c for c in classifiers if c.info and c.info.task == task), key=lambda c: c.info.created_at or ""):
                 out += entry_section(root, s)
         for s in broken:
             out += [f"- broken entry `{s.id}`: {s.reason}"]
