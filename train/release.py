@@ -38,13 +38,14 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cxr_core.cards import Card, ClassifierCard, DetectorCard, read_card
 from cxr_core.progress import Progress
 from cxr_core.registry import (
     RELEASE_MANIFEST,
@@ -174,8 +175,6 @@ def _anomaly_config(cfg: ReleaseConfig, detector: str) -> Any:
 
 def is_recon(info: Any) -> bool:
     """Whether a typed card (``Entry.info``) is a feature reconstruction detector's."""
-    from cxr_core.cards import DetectorCard
-
     return isinstance(info, DetectorCard) and info.method == "feature_recon"
 
 
@@ -198,7 +197,7 @@ def fit_recon(cfg: ReleaseConfig, progress: Progress | None, log: Callable[[str]
 
 
 def fit_detectors(cfg: ReleaseConfig, progress: Progress | None, log: Callable[[str], None]) -> list[Entry]:
-    from cxr_core.cards import DetectorCard
+
     from cxr_core.detector_training import run
 
     have = [s for s in list_entries(cfg.work_root) if isinstance(s.info, DetectorCard)]
@@ -226,7 +225,8 @@ def test_metrics(entry: Entry, cfg: ReleaseConfig, progress: Progress | None) ->
     # Kept by weights hash in the work registry: a rerun of the compaction step (minutes per pass on
     # two cores) evaluates only what changed.
     tta = int(cfg.recipe.get("tta", 4))
-    key = f"{entry.card['files']['weights.safetensors']['sha256']}-{json.dumps(entry.card.get('weights_base'), sort_keys=True)}-{tta}"
+    card = entry.classifier_card
+    key = f"{card.file_sha256('weights.safetensors')}-{json.dumps(card.weights_base, sort_keys=True)}-{tta}"
     path = cfg.work_root / "_eval_cache.json"
     cache = json.loads(path.read_text()) if path.is_file() else {}
     if key not in cache:
@@ -271,7 +271,7 @@ def compact_index(work: Entry, cfg: ReleaseConfig) -> tuple[dict[str, Any], dict
 
     z = work.load_npz("index.npz")
     task, classes = work.task or "binary", work.classes
-    k = int(work.card.get("index", {}).get("k") or default_k(task))
+    k = int(work.classifier_card.index.get("k") or default_k(task))
     emb16 = z["embeddings"].astype(np.float16)
     full = knn_split_metrics(task, classes, z["embeddings"], z["targets"], z["splits"], k)
     half = knn_split_metrics(task, classes, emb16.astype(np.float32), z["targets"], z["splits"], k)
@@ -295,15 +295,15 @@ def compact_classifier(work: Entry, cfg: ReleaseConfig, progress: Progress | Non
     from cxr_core.inference import load_classifier
 
     clf = load_classifier(work)
-    model, card = clf.model, work.card
+    model, card = clf.model, work.classifier_card
     arrays, index_check = compact_index(work, cfg)
     if work.has("projection.npz"):
         arrays["projection.npz"] = work.load_npz("projection.npz")
     reference = test_metrics(work, cfg, progress)
     rejected: dict[str, Any] = {}
     for dtype in (torch.float16, torch.float32):
-        kept, base = trained_part(model, card["architecture"], int(card["num_outputs"]), float(card.get("drop_rate", 0.2)), dtype)
-        new_card = _portable({k: v for k, v in card.items() if k != "files"} | {"weights_base": base}, cfg)
+        kept, base = trained_part(model, str(card.architecture), card.num_outputs, card.drop_rate, dtype)
+        new_card = _portable(replace(card, weights_base=base), cfg)
         entry = write_entry(cfg.out, new_card, weights=kept, arrays=arrays, entry_id=work.id, compress=True)
         rows, bad = metric_differences(reference, test_metrics(entry, cfg, progress))
         log(f"{work.id}: {len(kept)} trained tensors in {base['dtype']} ({base['n_tensors']} from {base['package']}); "
@@ -317,35 +317,33 @@ def compact_classifier(work: Entry, cfg: ReleaseConfig, progress: Progress | Non
     check = {"split": "test", "float32_vs_compact": rows, "equal_to_3_decimals": True, "weights_dtype": base["dtype"],
              "rejected": rejected} | index_check | {"probe": probe_logits(clf)}
     log(f"  KNN accuracy float32 vs float16 embeddings: {index_check['knn_vote_accuracy_float32_vs_float16']}")
-    return _rewrite_card(entry, {"release_check": check})
+    return _with_release_check(entry, check)
 
 
 def compact_detector(work: Entry, cfg: ReleaseConfig) -> Entry:
     """Detectors are small: copied unchanged (float32), their scores with them."""
-    arrays = {name: work.load_npz(name) for name in work.card["files"] if name.endswith(".npz")}
+    arrays = {name: work.load_npz(name) for name in work.info.files if name.endswith(".npz")}
     weights = work.load_weights() if work.has("weights.safetensors") else None
-    card = _portable({k: v for k, v in work.card.items() if k != "files"}, cfg)
+    card = _portable(work.info, cfg)
     return write_entry(cfg.out, card, weights=weights, arrays=arrays, entry_id=work.id, compress=True)
 
 
-def _portable(card: dict[str, Any], cfg: ReleaseConfig) -> dict[str, Any]:
+def _portable(card: Card, cfg: ReleaseConfig) -> Card:
     """The card with the build machine's dataset paths replaced by the one given on the command line
     (relative to the repository: the app finds full-size films there when ../shared is beside it),
     and the release command recorded."""
-    card = json.loads(json.dumps(card))
-    if "dataset" in card:
-        card["dataset"]["root"] = cfg.data
-    if "index" in card:
-        card["index"]["data_root"] = cfg.data
-    card["release"] = {"name": cfg.name, "command": cfg.command}
+    card = replace(card, files={}, dataset=replace(card.dataset, root=cfg.data),
+                   extra={**card.extra, "release": {"name": cfg.name, "command": cfg.command}})
+    if isinstance(card, ClassifierCard) and card.index:
+        card = replace(card, index={**card.index, "data_root": cfg.data})
     return card
 
 
-def _rewrite_card(entry: Entry, extra: dict[str, Any]) -> Entry:
+def _with_release_check(entry: Entry, check: dict[str, Any]) -> Entry:
     # The release is written once and then sealed by the manifest; until then its cards are ordinary.
-    from cxr_core.registry import update_card
+    from cxr_core.registry import update_info
 
-    update_card(entry, lambda c: c.update(extra))
+    update_info(entry, lambda c: replace(c, release_check=check))
     return entry
 
 
@@ -394,20 +392,23 @@ CITATION = ("Kermany DS, Goldbaum M, Cai W, et al. Identifying Medical Diagnoses
             "Images for Classification. Mendeley Data, v2, 2018. doi:10.17632/rscbjbr9sj.2")
 
 
-def _entry_line(card: dict[str, Any]) -> str:
-    kind, task = card.get("kind"), card.get("task")
-    test = card.get("metrics", {}).get("test", {})
-    if kind == "classifier":
+def _entry_line(card: Card) -> str:
+    test = card.split_metrics("test")
+    if isinstance(card, ClassifierCard):
         fig = f"test accuracy {test.get('accuracy', float('nan')):.3f}, AUROC {test.get('auroc') or test.get('auroc_ovr') or float('nan'):.3f}"
-        return f"- `{card['id']}`: {task} classifier ({card.get('architecture')}, {card.get('input', {}).get('size')} px), {fig}; embedding index with thumbnails and t-SNE/UMAP maps"
+        size = card.input.size if card.input else None
+        return (f"- `{card.id}`: {card.task} classifier ({card.architecture}, {size} px), {fig}; "
+                "embedding index with thumbnails and t-SNE/UMAP maps")
     auroc = test.get("auroc")
-    fig = f"test AUROC {auroc:.3f}" if isinstance(auroc, float) else "false alarms " + json.dumps(card.get("false_alarm_rate", {}))
-    return f"- `{card['id']}`: {card.get('name')} ({task}), {fig}"
+    rates = card.false_alarm_rate if isinstance(card, DetectorCard) else {}
+    fig = f"test AUROC {auroc:.3f}" if isinstance(auroc, float) else "false alarms " + json.dumps(dict(rates))
+    return f"- `{card.id}`: {card.name} ({card.task}), {fig}"
 
 
 def write_source_md(cfg: ReleaseConfig, manifest: dict[str, Any], sizes: dict[str, int]) -> None:
     root = Path(cfg.out)
-    cards = [json.loads((root / i / "card.json").read_text()) for i in manifest["cards"]]
+    cards = [read_card(json.loads((root / i / "card.json").read_text())) for i in manifest["cards"]]
+    classifiers = [c for c in cards if isinstance(c, ClassifierCard)]
     total = sum(sizes.values())
     lines = [
         f"# Release registry `{cfg.name}`",
@@ -436,11 +437,11 @@ def write_source_md(cfg: ReleaseConfig, manifest: dict[str, Any], sizes: dict[st
         "card's `weights_base` (checked by sha256 at load time), in float16 where that leaves every test metric "
         "unchanged at the third decimal, else float32; the compact copy's test metrics equal the float32 model's "
         "to the third decimal (`release_check` in each card)",
-        *[f"  - `{c['id']}`: weights {c['release_check']['weights_dtype']}"
-          + (f" (float16 changed {c['release_check']['rejected']['float16']})" if c["release_check"].get("rejected") else "")
-          for c in cards if c.get("kind") == "classifier"],
+        *[f"  - `{c.id}`: weights {c.release_check['weights_dtype']}"
+          + (f" (float16 changed {c.release_check['rejected']['float16']})" if c.release_check.get("rejected") else "")
+          for c in classifiers],
         *[f"- thumbnails: {t['n']:,} per index, {t['pixels'][0]}x{t['pixels'][1]} px, JPEG quality {t['quality']}"
-          for t in [c["release_check"]["thumbnails"] for c in cards if c.get("kind") == "classifier"][:1]],
+          for t in [c.release_check["thumbnails"] for c in classifiers][:1]],
         *[f"- left out: the `{name}` detector, {why}" for name, why in cfg.leave_out.items()],
         *[f"- added on {u['at']} by `{u['command']}` (code version `{u['code_version']}`, {u['seconds']:.0f} s): "
           + ", ".join(f"`{i}`" for i in u["added"]) + "; every other entry is byte for byte the build above, whose "
@@ -470,7 +471,7 @@ def build_release(cfg: ReleaseConfig, progress: Progress | None = None,
 
     def have(kinds: tuple[str, ...], n: int, file: str | None = None) -> bool:
         found = [s for s in list_entries(cfg.work_root, check_hashes=False)
-                 if s.ok and s.card and s.card.get("kind") in kinds and (file is None or file in s.card.get("files", {}))]
+                 if s.info and s.info.kind in kinds and (file is None or s.info.has(file))]
         return len(found) >= n
 
     classifiers = steps.run("train classifiers", lambda: train_classifiers(cfg, progress, log),
@@ -480,10 +481,10 @@ def build_release(cfg: ReleaseConfig, progress: Progress | None = None,
     detectors = steps.run("detectors and guard", lambda: fit_detectors(cfg, progress, log),
                           reused=have(("detector", "autoencoder"), 1))
     steps.run("compact classifiers", lambda: [compact_classifier(e, cfg, progress, log) for e in classifiers.values()])
-    kept = [e for e in detectors if e.card.get("detector") not in cfg.leave_out]
+    kept = [e for e in detectors if e.detector_card.detector not in cfg.leave_out]
     for e in detectors:
-        if e.card.get("detector") in cfg.leave_out:
-            log(f"leaving out {e.id} ({e.card.get('name')}): {cfg.leave_out[e.card['detector']]}")
+        if (name := e.detector_card.detector) in cfg.leave_out:
+            log(f"leaving out {e.id} ({e.detector_card.label}): {cfg.leave_out[name]}")
     steps.run("copy detectors", lambda: [compact_detector(e, cfg) for e in kept])
     manifest = write_manifest(cfg, cfg.command, steps.seconds)
     sizes = sizes_by_type(out)
