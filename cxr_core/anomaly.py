@@ -32,7 +32,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cards import DetectorCard
-from .config import AugmentConfig, InputSpec
+from .config import AugmentConfig, InputSpec, JsonRecord
 from .models import create_model, model_stages
 from .preprocess import augment, normalize, to_float
 from .progress import StepProgress as Progress
@@ -330,7 +330,7 @@ class ConvAutoencoder(nn.Module):
 
 
 @dataclass
-class AEConfig:
+class AEConfig(JsonRecord):
     """Autoencoder recipe; stored in the card."""
 
     size: int = 128
@@ -355,11 +355,6 @@ class AEConfig:
     #: their initial values); long runs have converged statistics and the reported kermany
     #: numbers were produced without it.
     bn_recalibrate: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["widths"], d["region"] = list(self.widths), list(self.region)
-        return d
 
 
 def train_autoencoder(
@@ -487,7 +482,7 @@ FEATURE_METHODS = ("mahalanobis", "knn")
 
 
 @dataclass
-class FeatureConfig:
+class FeatureConfig(JsonRecord):
     """A pretrained-feature detector recipe; stored in the card."""
 
     architecture: str = "tf_efficientnet_lite0"
@@ -498,18 +493,6 @@ class FeatureConfig:
     pooling: str = "meanstd"
     method: str = "mahalanobis"
     k: int = 5
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["layers"] = list(self.layers)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FeatureConfig:
-        kw = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        if "layers" in kw:
-            kw["layers"] = tuple(str(v) for v in kw["layers"])
-        return cls(**kw)
 
 
 class FeatureBackbone:

@@ -6,9 +6,10 @@ decoder limits) live here so that training, evaluation and the app agree.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Self, get_args, get_type_hints
 
 #: Class names per task, in the order of the model outputs. The binary task has a
 #: single logit whose sigmoid is P(PNEUMONIA).
@@ -41,12 +42,43 @@ def normal_class(classes: Sequence[str], wanted: str | None = None) -> str | Non
     return next((c for c in classes if c.lower() == "normal"), None)
 
 
+class JsonRecord:
+    """For configuration dataclasses stored in cards: ``to_dict`` gives JSON values (tuples as lists) and
+    ``from_dict`` reads one back, ignoring keys it does not know (newer cards), defaulting missing ones (older
+    cards), turning lists back into the field's tuple type and nested dicts into nested records."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: _json_value(v) for k, v in asdict(self).items()}  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Self:
+        hints = get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: _field_value(hints[k], v) for k, v in d.items() if k in names})
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, tuple | list):
+        return [_json_value(x) for x in v]
+    return {k: _json_value(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+
+def _field_value(hint: Any, v: Any) -> Any:
+    if isinstance(hint, type) and issubclass(hint, JsonRecord) and isinstance(v, Mapping):
+        return hint.from_dict(v)
+    if isinstance(v, list):
+        kinds = {a for a in get_args(hint) if a is not Ellipsis}
+        cast = next(iter(kinds)) if len(kinds) == 1 and next(iter(kinds)) in (int, float, str) else None
+        return tuple(cast(x) if cast else x for x in v)
+    return v
+
+
 #: Splits the Kaggle layout knows, in display order.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
-class InputSpec:
+class InputSpec(JsonRecord):
     """How an 8-bit grayscale image becomes a model input.
 
     The same spec is stored in every registry card so that the app feeds a model
@@ -70,16 +102,8 @@ class InputSpec:
 
     def to_dict(self) -> dict[str, Any]:
         # Film options at their defaults are left out: cards and cache keys stay those of specs made before them.
-        off = {"mask_letters": False, "mask_border": 0.0, "hist_ref": ()}
-        return {k: v for k, v in asdict(self).items() if not (k in off and v == off[k])}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> InputSpec:
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        for key in ("mean", "std", "hist_ref"):
-            if key in known:
-                known[key] = tuple(float(v) for v in known[key])
-        return cls(**known)
+        off = {"mask_letters": False, "mask_border": 0.0, "hist_ref": []}
+        return {k: v for k, v in super().to_dict().items() if not (k in off and v == off[k])}
 
 
 @dataclass(frozen=True)
@@ -94,7 +118,7 @@ class DecodeLimits:
 
 
 @dataclass
-class AugmentConfig:
+class AugmentConfig(JsonRecord):
     """Training-time augmentation, applied to uint8 batches on the training device."""
 
     rotate_deg: float = 7.0
@@ -103,9 +127,6 @@ class AugmentConfig:
     contrast: float = 0.15
     brightness: float = 0.10
     enabled: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

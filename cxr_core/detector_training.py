@@ -220,7 +220,7 @@ def fit_feature_detectors(cfg: AnomalyConfig, ds: Dataset, splits: dict[str, lis
     t_feat = time.perf_counter() - t0
     made = []
     for method in cfg.feature_methods:
-        mcfg = FeatureConfig(**{**fc.to_dict(), "layers": fc.layers, "method": method})
+        mcfg = replace(fc, method=method)
         t1 = time.perf_counter()
         det = FeatureDetector.fit(mcfg, feats["train_normal"])
         scores = {s: det.score(feats[s]) for s in ("val", "test") if s in feats}

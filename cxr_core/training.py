@@ -153,7 +153,7 @@ class TrainConfig:
             raise ValueError(f"unknown recipe {name!r}; expected one of {sorted(RECIPES)}")
         kw = {**recipe_fields(name), **overrides}
         if isinstance(kw.get("augment"), dict):
-            kw["augment"] = AugmentConfig(**kw["augment"])
+            kw["augment"] = AugmentConfig.from_dict(kw["augment"])
         return cls(**kw, recipe=name)
 
     def spec(self, mean: tuple[float, ...], std: tuple[float, ...]) -> InputSpec:
