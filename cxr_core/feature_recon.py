@@ -353,6 +353,14 @@ class FeatureReconDetector:
         return cls(cfg, net, tensors["stats.mean"], tensors["stats.std"], tensors.get("stats.error_mean"))
 
 
+def _one_cycle(opt: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.lr_scheduler.OneCycleLR | None:
+    """One-cycle schedule over ``steps`` optimiser steps, warming up over 10 % of them and at least two
+    (torch's schedule divides by zero when its warm-up is one step long); None (constant rate) under 4 steps."""
+    if steps < 4:
+        return None
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=max(0.1, 2 / steps))
+
+
 def train_recon(
     cfg: ReconConfig,
     train_maps: np.ndarray,
@@ -377,7 +385,7 @@ def train_recon(
     z_all = det.standardise(t)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * math.ceil(len(z_all) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.1)
+    sched = _one_cycle(opt, cfg.lr, steps)
     history: list[dict[str, float]] = []
     g = z_all.shape[-1]
     for ep in range(cfg.epochs):
@@ -396,7 +404,8 @@ def train_recon(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            if sched is not None:
+                sched.step()
             total += float(loss.detach()) * len(z)
             n += len(z)
         net.eval()
