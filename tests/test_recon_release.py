@@ -53,6 +53,16 @@ def test_add_detectors_leaves_every_entry_and_keeps_the_build_command(tmp_path, 
     again = add_detectors(add, log=lambda s: None)
     assert again["cards"] == manifest["cards"]
     assert json.loads((tmp_path / "rel" / "release.json").read_text())["updates"] == manifest["updates"]
+    # Another recipe replaces the detector; the classifier still stays byte for byte.
+    other = replace(add, recon={**RECON, "layers": ("3",)})
+    third = add_detectors(other, log=lambda s: None)
+    assert third["updates"][-1]["replaced"] == [added.id] and added.id not in third["cards"]
+    [new] = [s for s in list_entries(cfg.out) if is_release_recon(s.info, other)]
+    assert all(s.ok for s in list_entries(cfg.out)) and len(third["cards"]) == 2
+    now = {p.relative_to(cfg.out): sha256_file(p) for p in (tmp_path / "rel").rglob("*") if p.is_file()}
+    assert {p: now[p] for p in before if p.parts[0] not in ("release.json", "SOURCE.md")} == {
+        p: h for p, h in before.items() if p.parts[0] not in ("release.json", "SOURCE.md")}
+    assert f"(replacing `{added.id}`)" in (tmp_path / "rel" / "SOURCE.md").read_text()
 
 
 # --- the committed release's feature reconstruction detector on the pages -------------------------------

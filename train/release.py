@@ -72,9 +72,10 @@ LEAVE_OUT = {"features-knn": "its healthy bank is 7.6 MB, three times the Mahala
                              "validation AUROC (docs/ANOMALY.md); fit it with python -m train.anomaly"}
 #: The feature reconstruction detector of the release (``cxr_core.feature_recon.ReconConfig`` fields over its
 #: defaults, the recipe chosen on validation in docs/ANOMALY.md) at the classifiers' input size: its taps
-#: (blocks 2-4) are inside their frozen ImageNet stages, so the Predict page takes its feature maps from the
-#: classification pass (``feature_recon.STAGE_HANDOFF``). Validation AUROC 0.953 at 160 px vs 0.934 at 224 px.
-RELEASE_RECON: dict[str, Any] = {"size": RELEASE_RECIPE["size"]}
+#: (blocks 3-4) are inside their frozen ImageNet stages, so the Predict page takes its feature maps from the
+#: classification pass (``feature_recon.STAGE_HANDOFF``). Blocks 3-4: validation AUROC 0.9540 (blocks 2-4: 0.9535;
+#: at 224 px 0.934).
+RELEASE_RECON: dict[str, Any] = {"size": RELEASE_RECIPE["size"], "layers": ("3", "4")}
 #: Metrics that must agree between the float32 and the compact (float16) classifier.
 CHECKED_METRICS = ("accuracy", "auroc", "auroc_ovr", "sensitivity", "specificity")
 
@@ -444,8 +445,10 @@ def write_source_md(cfg: ReleaseConfig, manifest: dict[str, Any], sizes: dict[st
           for t in [c.release_check["thumbnails"] for c in classifiers][:1]],
         *[f"- left out: the `{name}` detector, {why}" for name, why in cfg.leave_out.items()],
         *[f"- added on {u['at']} by `{u['command']}` (code version `{u['code_version']}`, {u['seconds']:.0f} s): "
-          + ", ".join(f"`{i}`" for i in u["added"]) + "; every other entry is byte for byte the build above, whose "
-          "command also fits these" for u in manifest.get("updates", [])],
+          + ", ".join(f"`{i}`" for i in u["added"])
+          + "".join(f" (replacing `{i}`)" for i in u.get("replaced", []))
+          + "; every other entry is byte for byte the build above, whose command also fits these"
+          for u in manifest.get("updates", [])],
         "",
         f"## Size ({total / 1e6:.1f} MB of at most {cfg.budget_mb:.0f} MB)",
         "",
@@ -503,7 +506,8 @@ def add_detectors(cfg: ReleaseConfig, progress: Progress | None = None,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fit the detectors an existing release lacks (its feature reconstruction detector) and copy them in.
 
-    Every entry already there is left byte for byte; ``release.json`` keeps the build's command (which fits
+    A feature reconstruction detector of another recipe (an earlier addition) is replaced; every other entry is
+    left byte for byte; ``release.json`` keeps the build's command (which fits
     these detectors too) and records this run under ``updates``; ``SOURCE.md`` is rewritten.
     """
     out = Path(cfg.out)
@@ -515,11 +519,13 @@ def add_detectors(cfg: ReleaseConfig, progress: Progress | None = None,
         log(f"{out} already holds the feature reconstruction detector of this recipe; nothing to add")
         return before
     add_command, cfg.command = cfg.command, str(before.get("command", cfg.command))
-    stale = [s.id for s in present if is_recon(s.info)]
-    if stale:
-        raise RegistryError(f"{out} holds feature reconstruction detectors of another recipe ({stale}): rebuild it whole")
     t0 = time.perf_counter()
     fitted = fit_recon(cfg, progress, log)
+    # A feature reconstruction detector of an earlier recipe (an earlier --add-detectors) is replaced.
+    stale = [s.id for s in present if is_recon(s.info)]
+    for entry_id in stale:
+        log(f"replacing {entry_id} (another feature reconstruction recipe)")
+        shutil.rmtree(out / entry_id)
     added = [compact_detector(e, cfg) for e in fitted]
     took = round(time.perf_counter() - t0, 1)
     # The build's cost per step: fitting the detector (its card's time, also when reused from the work registry).
@@ -527,6 +533,8 @@ def add_detectors(cfg: ReleaseConfig, progress: Progress | None = None,
     seconds = {**before.get("seconds", {}), "feature reconstruction detector": round(fit_s, 1)}
     update = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "code_version": code_version(),
               "command": add_command, "added": [e.id for e in added], "seconds": took}
+    if stale:
+        update["replaced"] = stale
     manifest = write_manifest(cfg, cfg.command, seconds, update=update)
     write_source_md(cfg, manifest, sizes_by_type(out))
     total = sum(sizes_by_type(out).values())
