@@ -36,15 +36,14 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import InputSpec
+from .config import InputSpec, JsonRecord
 from .models import model_stages
 from .preprocess import normalize, to_float
 from .progress import StepProgress as Progress
@@ -58,7 +57,7 @@ RECON_TAPS: tuple[str, ...] = ("1", "2", "3", "4")
 
 
 @dataclass
-class ReconConfig:
+class ReconConfig(JsonRecord):
     """A feature reconstruction detector's recipe; stored in the card as ``feature_recon``."""
 
     #: The defaults are the recipe chosen on validation (docs/ANOMALY.md): reverse distillation, hidden 64,
@@ -86,21 +85,6 @@ class ReconConfig:
     #: near the film's edges and the heart are hard to redraw even when healthy; this evens them out).
     error_norm: bool = True
     seed: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["layers"] = list(self.layers)
-        d["region"] = list(self.region)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ReconConfig:
-        kw = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        if "layers" in kw:
-            kw["layers"] = tuple(str(v) for v in kw["layers"])
-        if "region" in kw:
-            kw["region"] = tuple(float(v) for v in kw["region"])
-        return cls(**kw)
 
     def validate(self) -> None:
         if self.kind not in RECON_KINDS:
