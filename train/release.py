@@ -519,19 +519,21 @@ def add_detectors(cfg: ReleaseConfig, progress: Progress | None = None,
         log(f"{out} already holds the feature reconstruction detector of this recipe; nothing to add")
         return before
     add_command, cfg.command = cfg.command, str(before.get("command", cfg.command))
+    version = code_version()  # read before the release folder changes (git describe would call it dirty)
     t0 = time.perf_counter()
     fitted = fit_recon(cfg, progress, log)
-    # A feature reconstruction detector of an earlier recipe (an earlier --add-detectors) is replaced.
+    added = [compact_detector(e, cfg) for e in fitted]
+    # A feature reconstruction detector of an earlier recipe (an earlier --add-detectors) is replaced, after the
+    # new one is written (its card's code version is then read with nothing of the release removed yet).
     stale = [s.id for s in present if is_recon(s.info)]
     for entry_id in stale:
         log(f"replacing {entry_id} (another feature reconstruction recipe)")
         shutil.rmtree(out / entry_id)
-    added = [compact_detector(e, cfg) for e in fitted]
     took = round(time.perf_counter() - t0, 1)
     # The build's cost per step: fitting the detector (its card's time, also when reused from the work registry).
     fit_s = sum(float(e.info.training.get("seconds_total", 0.0)) for e in fitted)
     seconds = {**before.get("seconds", {}), "feature reconstruction detector": round(fit_s, 1)}
-    update = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "code_version": code_version(),
+    update = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "code_version": version,
               "command": add_command, "added": [e.id for e in added], "seconds": took}
     if stale:
         update["replaced"] = stale
