@@ -17,7 +17,8 @@ from cxr_core.registry import Entry
 
 def _classifier(model: torch.nn.Module, task: str, spec: InputSpec, arch: str = "tf_efficientnet_lite0") -> LoadedClassifier:
     classes = ["NORMAL", "PNEUMONIA"] if task == "binary" else ["NORMAL", "BACTERIA", "VIRUS"]
-    entry = Entry(f"classifier-{task}-test", None, {"kind": "classifier", "architecture": arch, "task": task, "classes": classes})  # type: ignore[arg-type]
+    card = {"kind": "classifier", "architecture": arch, "task": task, "classes": classes, "input": spec.to_dict()}
+    entry = Entry(f"classifier-{task}-test", None, card)  # type: ignore[arg-type]
     model = model.eval().to(memory_format=torch.channels_last)
     return LoadedClassifier(entry, model, spec, task, classes, 0.5)
 
@@ -29,8 +30,7 @@ def _perturb(module: torch.nn.Module, seed: int) -> None:
             p.add_(0.05 * torch.randn(p.shape, generator=g))
 
 
-@pytest.fixture(scope="module")
-def pair() -> tuple[LoadedClassifier, LoadedClassifier]:
+def trained_apart_pair() -> tuple[LoadedClassifier, LoadedClassifier]:
     """Two Lite0 classifiers from the same pretrained weights whose last stage and heads were 'trained' apart."""
     torch.manual_seed(0)
     binary, info = create_model("tf_efficientnet_lite0", 1, pretrained=True)
@@ -41,6 +41,11 @@ def pair() -> tuple[LoadedClassifier, LoadedClassifier]:
         _perturb(m.classifier, seed)
     spec = InputSpec(size=160, mean=info.mean, std=info.std)
     return _classifier(binary, "binary", spec), _classifier(multi, "multiclass", spec)
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[LoadedClassifier, LoadedClassifier]:
+    return trained_apart_pair()
 
 
 def _gray(seed: int) -> np.ndarray:

@@ -21,33 +21,16 @@ from cxr_core.feature_recon import (
     layer_channels,
 )
 from cxr_core.inference import LoadedClassifier
-from cxr_core.models import create_model
 from cxr_core.predict import Predictor
-from cxr_core.registry import Entry
-from tests.test_predict import _gray, _perturb
+from tests.test_predict import _classifier, _gray, _perturb, trained_apart_pair
 
 ARCH = "tf_efficientnet_lite0"
-
-
-def _classifier(model: torch.nn.Module, task: str, spec: InputSpec) -> LoadedClassifier:
-    classes = ["NORMAL", "PNEUMONIA"] if task == "binary" else ["NORMAL", "BACTERIA", "VIRUS"]
-    card = {"kind": "classifier", "architecture": ARCH, "task": task, "classes": classes, "input": spec.to_dict()}
-    return LoadedClassifier(Entry(f"classifier-{task}-test", None, card), model.eval().to(memory_format=torch.channels_last),  # type: ignore[arg-type]
-                            spec, task, classes, 0.5)
 
 
 @pytest.fixture(scope="module")
 def pair() -> tuple[LoadedClassifier, LoadedClassifier]:
     """Two Lite0 classifiers over the pretrained stages (frozen), their last stage and heads 'trained' apart."""
-    torch.manual_seed(0)
-    binary, info = create_model(ARCH, 1, pretrained=True)
-    multi, _ = create_model(ARCH, 3, pretrained=True)
-    for m, seed in ((binary, 1), (multi, 2)):
-        _perturb(m.blocks[6], seed)
-        _perturb(m.conv_head, seed)
-        _perturb(m.classifier, seed)
-    spec = InputSpec(size=160, mean=info.mean, std=info.std)
-    return _classifier(binary, "binary", spec), _classifier(multi, "multiclass", spec)
+    return trained_apart_pair()
 
 
 def _detector(size: int, layers: tuple[str, ...] = ("2", "3", "4")) -> LoadedDetector:
