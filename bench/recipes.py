@@ -66,9 +66,10 @@ def decoded(data: str, spec: Any, seed: int, val_fraction: float, cache: Path) -
 
 @torch.no_grad()
 def stride16_maps(arch: str, spec: Any, arrays: dict[str, np.ndarray], views: int, tta: int, seed: int,
-                  augment_cfg: Any, cache: Path, tag: str) -> dict[str, torch.Tensor]:
-    """Frozen stem + stages 0-4 outputs (N, V, C, H, W), fp16; train gets ``views`` views (view 0 plain,
-    the others augmented exactly as ``train_classifier`` draws them), val/test the first ``tta`` TTA views."""
+                  augment_cfg: Any, cache: Path, tag: str, cache_cut: int = CAM_CUT) -> dict[str, torch.Tensor]:
+    """Frozen stem + stages 0..cache_cut-1 outputs (N, V, C, H, W), fp16 (both 4 and 5 end at stride 16); train
+    gets ``views`` views (view 0 plain, the others augmented exactly as ``train_classifier`` draws them), val/test
+    the first ``tta`` TTA views."""
     from safetensors.torch import load_file, save_file
 
     from cxr_core.models import create_model
@@ -78,10 +79,12 @@ def stride16_maps(arch: str, spec: Any, arrays: dict[str, np.ndarray], views: in
     out: dict[str, torch.Tensor] = {}
     model, _ = create_model(arch, 1, pretrained=True)
     model = model.eval().to(memory_format=torch.channels_last)
-    trunk, _ = split_model(model, arch, CAM_CUT)
+    trunk, _ = split_model(model, arch, cache_cut)
     for split, arr in arrays.items():
         n_views = views if split == "train" else tta
-        key = hashlib.sha256(json.dumps([tag, split, n_views, augment_cfg.to_dict(), seed, torch.__version__]).encode()).hexdigest()[:16]
+        # the default cut stays out of the key so the maps cached before --cache-cut existed are still found
+        extra = [] if cache_cut == CAM_CUT else [cache_cut]
+        key = hashlib.sha256(json.dumps([tag, split, n_views, augment_cfg.to_dict(), seed, torch.__version__, *extra]).encode()).hexdigest()[:16]
         path = cache / f"s16-{key}.safetensors"
         if path.is_file():
             out[split] = load_file(str(path))["maps"]
@@ -121,10 +124,10 @@ _ADVANCED: dict[int, dict[str, torch.Tensor]] = {}
 
 
 def advanced(rest: torch.nn.Module, maps: dict[str, torch.Tensor], cut: int, args: Any) -> dict[str, torch.Tensor]:
-    """The maps run through the frozen stages 5..cut-1, once per process and cut (kept on disk too)."""
+    """The maps run through the frozen stages cache_cut..cut-1, once per process and cut (kept on disk too)."""
     from safetensors.torch import load_file, save_file
 
-    if cut == CAM_CUT:
+    if cut == args.cache_cut:
         return maps
     if cut in _ADVANCED:
         return _ADVANCED[cut]
@@ -139,7 +142,7 @@ def advanced(rest: torch.nn.Module, maps: dict[str, torch.Tensor], cut: int, arg
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         save_file({"maps": out[s].contiguous()}, str(tmp))
         os.replace(tmp, path)
-    _log(f"stages {CAM_CUT}..{cut - 1} applied: {[tuple(v.shape) for v in out.values()]}")
+    _log(f"stages {args.cache_cut}..{cut - 1} applied: {[tuple(v.shape) for v in out.values()]}")
     _ADVANCED[cut] = out
     return out
 
@@ -203,7 +206,7 @@ def train_tail(task: str, arch: str, cut: int, maps: dict[str, torch.Tensor], ta
     from cxr_core.models import model_stages
 
     _, stages, _ = model_stages(model, arch)
-    rest = torch.nn.Sequential(*stages[CAM_CUT:cut]).eval()
+    rest = torch.nn.Sequential(*stages[args.cache_cut:cut]).eval()
     for p in rest.parameters():
         p.requires_grad_(False)
     t0 = time.perf_counter()
@@ -292,7 +295,7 @@ def _youden(y: np.ndarray, p: np.ndarray) -> float:
     return youden_threshold(y, p)
 
 
-def probe(maps: dict[str, torch.Tensor], arch: str, targets: dict[str, dict[str, np.ndarray]]) -> list[str]:
+def probe(maps: dict[str, torch.Tensor], arch: str, targets: dict[str, dict[str, np.ndarray]], cache_cut: int = CAM_CUT) -> list[str]:
     """Logistic regression on pooled frozen features (stage 6 + head), C chosen on validation AUROC / accuracy."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -301,7 +304,7 @@ def probe(maps: dict[str, torch.Tensor], arch: str, targets: dict[str, dict[str,
 
     model, _ = create_model(arch, 1, pretrained=True)
     _, stages, post = model_stages(model.eval(), arch)
-    rest = torch.nn.Sequential(*stages[CAM_CUT:], *post).eval()
+    rest = torch.nn.Sequential(*stages[cache_cut:], *post).eval()
 
     @torch.no_grad()
     def pooled(m: torch.Tensor) -> np.ndarray:
@@ -410,7 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--views", type=int, default=2, help="cached training views (view 0 plain)")
     ap.add_argument("--tta", type=int, default=4)
     ap.add_argument("--strong-augment", action="store_true", help="rotate 12, shift 0.10, zoom 0.15, contrast/brightness 0.25")
-    ap.add_argument("--cuts", type=int, nargs="*", default=[6], help="freeze_stages values to train tails for (>= 5)")
+    ap.add_argument("--cuts", type=int, nargs="*", default=[6], help="freeze_stages values to train tails for (>= --cache-cut)")
+    ap.add_argument("--cache-cut", type=int, default=CAM_CUT, choices=(4, CAM_CUT),
+                    help="frozen stages whose output is cached: 5 (default), or 4 to train stage 4 too (--cuts 4)")
     ap.add_argument("--tasks", nargs="*", default=["binary", "multiclass"])
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -429,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save-cams", action="store_true")
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
+    if min(args.cuts) < args.cache_cut:
+        ap.error(f"--cuts {min(args.cuts)} needs --cache-cut {min(args.cuts)}: the cache holds stage {args.cache_cut - 1}'s output")
     command = " ".join(["python -m bench.recipes", *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))])
     torch.set_num_threads(args.threads)
     cache = Path(args.cache)
@@ -441,13 +448,14 @@ def main(argv: list[str] | None = None) -> int:
     arrays, samples = decoded(args.data, spec, args.seed, 0.1, cache)
     _log(f"decoded {[a.shape for a in arrays.values()]} in {time.perf_counter() - t0:.0f}s")
     tag = json.dumps([args.arch, spec.to_dict(), [a.shape for a in arrays.values()]])
-    args.cache_tag = json.dumps([tag, args.views, args.tta, args.strong_augment, args.seed])
+    args.cache_tag = json.dumps([tag, args.views, args.tta, args.strong_augment, args.seed]
+                                + ([] if args.cache_cut == CAM_CUT else [args.cache_cut]))
     t1 = time.perf_counter()
-    maps = stride16_maps(args.arch, spec, arrays, args.views, args.tta, args.seed, aug, cache, tag)
+    maps = stride16_maps(args.arch, spec, arrays, args.views, args.tta, args.seed, aug, cache, tag, args.cache_cut)
     t_maps = time.perf_counter() - t1
     targets = {task: {s: np.array([x.target(task) for x in v]) for s, v in samples.items()} for task in args.tasks}
     if args.probe:
-        for line in probe(maps, args.arch, targets):
+        for line in probe(maps, args.arch, targets, args.cache_cut):
             _log(line)
     if args.shift_probe:
         for line in shift_probe(maps, arrays, {s: np.array([x.target("binary") for x in v]) for s, v in samples.items()}):
@@ -457,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         r.update(mask_letters=args.mask_letters, mask_border=args.mask_border, hist_ref=list(spec.hist_ref))
         r.update(size=args.size, clahe=args.clahe, crop=args.crop_fraction, views=args.views, strong_augment=args.strong_augment,
                  epochs=args.epochs, lr=args.lr, label_smoothing=args.label_smoothing, seconds_maps=t_maps, seed=tail_seed,
-                 split_seed=args.seed, tta=args.tta, threads=args.threads, command=command)
+                 split_seed=args.seed, tta=args.tta, threads=args.threads, cache_cut=args.cache_cut, command=command)
         print(summary(r, args.tta), flush=True)
         keep = {k: v for k, v in r.items() if not k.endswith(":probs")}
         if args.json:
