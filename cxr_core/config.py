@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Self, get_args, get_type_hints
 
 #: Class names per task, in the order of the model outputs. The binary task has a
@@ -99,6 +99,19 @@ class InputSpec(JsonRecord):
     mask_letters: bool = False
     mask_border: float = 0.0
     hist_ref: tuple[float, ...] = ()
+
+    def describe(self) -> str:
+        """A short label for cards and pages: size and every preprocessing option that is on."""
+        parts = [f"{self.size} px"] + (["CLAHE"] if self.clahe else [])
+        parts += [f"crop {self.crop_fraction:g}"] if self.crop_fraction < 1.0 else []
+        parts += ["letters masked"] if self.mask_letters else []
+        parts += [f"border {self.mask_border:.0%} masked"] if self.mask_border > 0 else []
+        return " · ".join(parts + (["histogram-matched"] if self.hist_ref else []))
+
+    def on_prepared(self) -> InputSpec:
+        """This spec for images already through ``prepare``: only the resize (a no-op) and normalisation remain, so
+        nothing that changes pixels (film options, CLAHE, the crop) runs twice."""
+        return replace(self, clahe=False, crop_fraction=1.0, mask_letters=False, mask_border=0.0, hist_ref=())
 
     def to_dict(self) -> dict[str, Any]:
         # Film options at their defaults are left out: cards and cache keys stay those of specs made before them.

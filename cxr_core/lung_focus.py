@@ -7,7 +7,6 @@ measured with the app's default map (HiResCAM) on evenly spaced films.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -54,8 +53,7 @@ def lung_focus_of_model(model: nn.Module, architecture: str, task: str, spec: In
     """HiResCAM (the app's default map and layer) for the predicted class on ``films`` evenly spaced films of
     ``prepared_u8`` (N, S, S, already through ``prepare``): peak and mass inside ``LUNG_BOX``."""
     idx = focus_films(len(prepared_u8), films)
-    # The films are already prepared: CLAHE and the crop must not run twice.
-    ex = Explainer(model.cpu(), architecture, task, replace(spec, clahe=False, crop_fraction=1.0), method=DEFAULT_METHOD,
+    ex = Explainer(model.cpu(), architecture, task, spec.on_prepared(), method=DEFAULT_METHOD,
                    classes=classes)
     cams, empty = [], 0
     for start in range(0, len(idx), batch):

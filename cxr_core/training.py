@@ -123,6 +123,11 @@ class TrainConfig:
     size: int = 224
     clahe: bool = False
     crop_fraction: float = 1.0
+    #: Film options (issue 14's shortcut levers, ``imaging.film_options``): paint burnt-in letters over, replace this
+    #: fraction of each border, match every film's grey histogram to the train split's mean histogram.
+    mask_letters: bool = False
+    mask_border: float = 0.0
+    hist_match: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     device: str = "auto"
     max_per_split: int | None = None  # cap images per split for quick CPU runs
@@ -157,7 +162,9 @@ class TrainConfig:
         return cls(**kw, recipe=name)
 
     def spec(self, mean: tuple[float, ...], std: tuple[float, ...]) -> InputSpec:
-        return InputSpec(size=self.size, mean=mean, std=std, crop_fraction=self.crop_fraction, clahe=self.clahe)
+        """The input spec before histogram matching (its reference comes from the train split: ``_load_data``)."""
+        return InputSpec(size=self.size, mean=mean, std=std, crop_fraction=self.crop_fraction, clahe=self.clahe,
+                         mask_letters=self.mask_letters, mask_border=self.mask_border)
 
     def validate(self) -> None:
         """Raise ``ValueError`` for a combination that cannot run, before any work is done."""
@@ -181,6 +188,8 @@ class TrainConfig:
             raise ValueError("label smoothing must be in [0, 1)")
         if not 0.0 < self.crop_fraction <= 1.0:
             raise ValueError("crop fraction must be in (0, 1]")
+        if not 0.0 <= self.mask_border < 0.25:
+            raise ValueError("mask border must be in [0, 0.25): the fraction of each edge replaced")
         if self.freeze_stages < 0 or self.train_views < 1:
             raise ValueError("freeze_stages must be >= 0 and train_views >= 1")
         if self.operating_point not in OPERATING_POINTS:
@@ -520,7 +529,7 @@ def _load_data(run: _Run, progress: Progress | None) -> None:
         if not run.splits[s]:
             raise ValueError(f"the dataset has no {s} images")
     run.model, run.info = create_model(cfg.architecture, num_outputs_for(cfg.task, len(run.classes)), pretrained=cfg.pretrained)
-    run.spec = spec = cfg.spec(run.info.mean, run.info.std)
+    run.spec = spec = _with_histogram_reference(run, cfg.spec(run.info.mean, run.info.std))
     for s, samples in run.splits.items():
         if samples:
             bar = (lambda i, n, s=s: progress(f"decode {s}", i, n)) if progress else None
@@ -528,6 +537,17 @@ def _load_data(run: _Run, progress: Progress | None) -> None:
             run.targets[s] = np.array([x.target(cfg.task) for x in samples])
     run.model = run.model.to(run.device).to(memory_format=torch.channels_last)
     run.times["decoded"] = time.perf_counter()
+
+
+def _with_histogram_reference(run: _Run, spec: InputSpec) -> InputSpec:
+    """``spec`` with ``hist_ref`` when ``hist_match``: the mean grey histogram of the train split's films prepared with
+    ``spec`` (masking included), so validation and test films never shape it; the card stores it for the app."""
+    if not run.cfg.hist_match:
+        return spec
+    from .imaging import histogram_quantiles, mean_histogram
+
+    train = load_images(run.dataset, run.splits["train"], lambda g: prepare(g, spec))
+    return replace(spec, hist_ref=histogram_quantiles(mean_histogram(train)))
 
 
 def _feature_views(cfg: TrainConfig, split: str, gen: torch.Generator) -> tuple[list[Callable[[torch.Tensor], torch.Tensor]], dict, torch.dtype]:

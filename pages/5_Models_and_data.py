@@ -68,7 +68,7 @@ st.header("Model card")
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Kind / task", f"{kind} / {task or '—'}")
 c2.metric("Architecture", str(card.architecture or "—"))
-c3.metric("Input", f"{inp.size} px" + (" · CLAHE" if inp.clahe else "") if inp else "?")
+c3.metric("Input", inp.describe() if inp else "?")
 c4.metric("Trained on", "synthetic phantoms" if card.synthetic else ds.name or "—")
 facts = {
     "classes": ", ".join(classes) or "—",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from cxr_core.config import InputSpec
@@ -84,3 +85,40 @@ def test_prepare_applies_film_options_first():
     film = film_options(img, letters=True, border=0.03, hist_ref=ref)
     want = np.asarray(Image.fromarray(film).resize((96, 96), Image.Resampling.BILINEAR))
     assert np.array_equal(prepare(img, spec), want)
+
+
+def test_on_prepared_turns_off_everything_that_changes_pixels():
+    spec = InputSpec(size=64, clahe=True, crop_fraction=0.9, mask_letters=True, mask_border=0.05, hist_ref=(0.0, 128.0, 255.0))
+    plain = spec.on_prepared()
+    assert (plain.size, plain.mean, plain.std) == (spec.size, spec.mean, spec.std)
+    img = prepare(_film(), spec)
+    assert (prepare(img, plain) == img).all()  # a prepared film goes through unchanged
+
+
+def test_train_classifier_stores_the_film_options_and_the_app_applies_them(tmp_path):
+    """``--mask-letters --mask-border --hist-match`` reach the card (the reference from the train split only) and
+    the Predictor prepares uploads with them."""
+    from cxr_core.inference import load_classifier
+    from cxr_core.registry import list_entries, select
+    from cxr_core.synthetic import SyntheticSpec, write_dataset
+    from cxr_core.training import train_classifier
+    from train.classifier import parse_args
+
+    data = write_dataset(tmp_path / "data", SyntheticSpec(n_per_class={"train": 8, "val": 3, "test": 3}, size=96, seed=5))
+    cfg = parse_args(["--data", str(data), "--out", str(tmp_path / "reg"), "--size", "64", "--epochs", "1", "--tta", "1",
+                      "--device", "cpu", "--lung-focus-films", "2", "--mask-letters", "--mask-border", "0.03", "--hist-match"])
+    assert (cfg.mask_letters, cfg.mask_border, cfg.hist_match) == (True, 0.03, True)
+    entry = train_classifier(cfg, log=lambda s: None)
+    spec = entry.classifier_card.input
+    assert spec.mask_letters and spec.mask_border == 0.03 and len(spec.hist_ref) == 33
+    assert list(spec.hist_ref) == sorted(spec.hist_ref) and spec.hist_ref[0] < spec.hist_ref[-1]
+    loaded = load_classifier(select(list_entries(tmp_path / "reg"), "classifier", None))
+    assert loaded.spec == spec  # what the Predict page prepares every upload with
+    with pytest.raises(SystemExit):
+        parse_args(["--data", str(data), "--mask-border", "0.3"])
+
+
+def test_describe_names_every_option_that_is_on():
+    assert InputSpec(size=160).describe() == "160 px"
+    d = InputSpec(size=160, clahe=True, mask_letters=True, mask_border=0.03, hist_ref=(0.0, 255.0)).describe()
+    assert d == "160 px · CLAHE · letters masked · border 3% masked · histogram-matched"

@@ -114,7 +114,7 @@ ALL_FLAGS = (
     "--balance oversample --label-smoothing 0.1 --patience 2 --selection log_loss --val-fraction 0.2 --seed 5 --tta 3 --size 96 --clahe "
     "--crop-fraction 0.9 --rotate 3 --shift 0.02 --zoom 0.05 --contrast 0.2 --brightness 0.05 --device cpu "
     "--max-per-split 40 --entry-id my-entry --notes hello --freeze-stages 2 --train-views 3 --feature-cache FC --threads 1 "
-    "--operating-point sens95_val --lung-focus-films 10 --normal-class normal"
+    "--operating-point sens95_val --lung-focus-films 10 --normal-class normal --mask-letters --mask-border 0.02 --hist-match"
 )
 
 
@@ -132,6 +132,7 @@ def test_cli_parses_every_documented_flag():
     assert (cfg.device, cfg.max_per_split, cfg.entry_id, cfg.notes) == ("cpu", 40, "my-entry", "hello")
     assert (cfg.train_views, cfg.feature_cache, cfg.threads, cfg.selection) == (3, "FC", 1, "log_loss")
     assert (cfg.operating_point, cfg.lung_focus_films, cfg.recipe, cfg.normal_class) == ("sens95_val", 10, None, "normal")
+    assert (cfg.mask_letters, cfg.mask_border, cfg.hist_match) == (True, 0.02, True)
     assert parse_args(["--data", "D"]).task == "auto"  # binary for the Kermany layout, the dataset's task otherwise
     assert parse_args(["--data", "D", "--no-augment"]).augment.enabled is False
     assert parse_args(["--data", "D", "--freeze-stages", "6"]).freeze_stages == 6

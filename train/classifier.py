@@ -76,6 +76,12 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=d.size)
     p.add_argument("--clahe", action="store_true", help="CLAHE contrast equalisation in preprocessing")
     p.add_argument("--crop-fraction", type=float, default=d.crop_fraction, help="centre crop kept (1.0 = whole image)")
+    p.add_argument("--mask-letters", action="store_true", default=d.mask_letters,
+                   help="paint burnt-in letters over before anything else (a shortcut lever, docs/RESULTS.md)")
+    p.add_argument("--mask-border", type=float, default=d.mask_border,
+                   help="replace this fraction of each film edge by its inner neighbour (0 = off)")
+    p.add_argument("--hist-match", action="store_true", default=d.hist_match,
+                   help="match each film's grey histogram to the train split's mean one (stored in the card)")
     p.add_argument("--no-augment", action="store_true")
     a = d.augment
     p.add_argument("--rotate", type=float, default=a.rotate_deg)

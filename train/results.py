@@ -164,8 +164,7 @@ def entry_section(root: Path, status: EntryStatus) -> list[str]:
     lines = [
         title,
         "",
-        f"- task **{task}** · {card.architecture} · {card.input.size if card.input else None} px"
-        + (" · CLAHE" if card.input and card.input.clahe else "")
+        f"- task **{task}** · {card.architecture} · {card.input.describe() if card.input else 'input ?'}"
         + f" · pretrained: {card.pretrained_source or 'no (random init)'}"
         + (f" · frozen stages: {t.get('frozen_stages')}" if t.get("frozen_stages") else ""),
         f"- dataset `{ds.name}` ({'synthetic phantoms' if synthetic else ds.root}), images used "
