@@ -368,10 +368,10 @@ def with_histogram_reference(args: Any, spec: Any, cache: Path) -> Any:
     ``spec`` (masking included, histogram matching not yet), so validation and test films never shape it."""
     from dataclasses import replace
 
-    from cxr_core.imaging import histogram_quantiles, mean_histogram
+    from cxr_core.imaging import histogram_reference
 
     arrays, _ = decoded(args.data, spec, args.seed, 0.1, cache)
-    ref = histogram_quantiles(mean_histogram(arrays["train"]))
+    ref = histogram_reference(arrays["train"])
     _log(f"histogram reference (train split, {len(arrays['train'])} films): {ref}")
     return replace(spec, hist_ref=ref)
 

@@ -102,11 +102,10 @@ class InputSpec(JsonRecord):
 
     def describe(self) -> str:
         """A short label for cards and pages: size and every preprocessing option that is on."""
-        parts = [f"{self.size} px"] + (["CLAHE"] if self.clahe else [])
-        parts += [f"crop {self.crop_fraction:g}"] if self.crop_fraction < 1.0 else []
-        parts += ["letters masked"] if self.mask_letters else []
-        parts += [f"border {self.mask_border:.0%} masked"] if self.mask_border > 0 else []
-        return " · ".join(parts + (["histogram-matched"] if self.hist_ref else []))
+        on = {"CLAHE": self.clahe, f"crop {self.crop_fraction:g}": self.crop_fraction < 1.0,
+              "letters masked": self.mask_letters, f"border {self.mask_border:.0%} masked": self.mask_border > 0,
+              "histogram-matched": bool(self.hist_ref)}
+        return " · ".join([f"{self.size} px", *(label for label, used in on.items() if used)])
 
     def on_prepared(self) -> InputSpec:
         """This spec for images already through ``prepare``: only the resize (a no-op) and normalisation remain, so

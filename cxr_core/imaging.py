@@ -999,6 +999,11 @@ def mean_histogram(images: Any) -> np.ndarray:
     return total / n
 
 
+def histogram_reference(films: Any) -> tuple[float, ...]:
+    """An ``InputSpec.hist_ref``: the quantiles of the films' mean histogram (give it training films only)."""
+    return histogram_quantiles(mean_histogram(films))
+
+
 def match_histogram(gray: np.ndarray, quantiles: tuple[float, ...] | list[float]) -> np.ndarray:
     """Grey levels mapped so that the film's histogram follows the reference ``quantiles`` (``histogram_quantiles``)."""
     q = np.asarray(quantiles, np.float64)

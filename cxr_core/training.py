@@ -544,10 +544,11 @@ def _with_histogram_reference(run: _Run, spec: InputSpec) -> InputSpec:
     ``spec`` (masking included), so validation and test films never shape it; the card stores it for the app."""
     if not run.cfg.hist_match:
         return spec
-    from .imaging import histogram_quantiles, mean_histogram
+    from .imaging import histogram_reference
 
+    # A decode of its own: the cached splits must come from prepare() with the final spec, as the app's do.
     train = load_images(run.dataset, run.splits["train"], lambda g: prepare(g, spec))
-    return replace(spec, hist_ref=histogram_quantiles(mean_histogram(train)))
+    return replace(spec, hist_ref=histogram_reference(train))
 
 
 def _feature_views(cfg: TrainConfig, split: str, gen: torch.Generator) -> tuple[list[Callable[[torch.Tensor], torch.Tensor]], dict, torch.dtype]:
